@@ -1,0 +1,105 @@
+-- outbox-relay schema.
+--
+-- Run with: psql -v ON_ERROR_STOP=1 -f schema.sql
+-- Safe to run again: every statement is idempotent. Copy it into your own
+-- migration tool if you prefer; nothing here depends on the relay having run.
+--
+-- Objects are created unqualified, so they land in the first schema of
+-- search_path (normally public). `outbox-relay migrate` applies this same
+-- file, with search_path set to the schema named by RELAY_TABLE.
+--
+-- Requires PostgreSQL 13 or newer (xid8, pg_current_xact_id, and
+-- gen_random_uuid without an extension).
+
+SET client_min_messages = warning;
+
+CREATE TABLE IF NOT EXISTS outbox (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id       uuid        NOT NULL DEFAULT gen_random_uuid() UNIQUE,
+    aggregate_type text        NOT NULL,
+    aggregate_id   text        NOT NULL,
+    event_type     text        NOT NULL,
+    exchange       text        NULL,
+    routing_key    text        NOT NULL,
+    payload        bytea       NOT NULL,
+    content_type   text        NOT NULL DEFAULT 'application/json',
+    headers        jsonb       NOT NULL DEFAULT '{}',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    txid           xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    CONSTRAINT outbox_headers_flat CHECK (
+        jsonb_typeof(headers) = 'object'
+        AND NOT jsonb_path_exists(headers, '$.* ? (@.type() == "object" || @.type() == "array" || @.type() == "null")')
+    )
+);
+
+COMMENT ON TABLE outbox IS
+    'Transactional outbox: services insert one row per event in the same transaction as their state change; outbox-relay publishes each committed row to RabbitMQ.';
+COMMENT ON COLUMN outbox.id IS
+    'Row identity, published as the outbox_id header. Taken at insert, not at commit, so the relay never uses it alone as a cursor.';
+COMMENT ON COLUMN outbox.event_id IS
+    'Published as the AMQP message_id; stable across republishing, so consumers deduplicate on it.';
+COMMENT ON COLUMN outbox.aggregate_type IS
+    'Kind of entity the event is about, e.g. order. Published as the aggregate_type header.';
+COMMENT ON COLUMN outbox.aggregate_id IS
+    'Ordering key: events of one (aggregate_type, aggregate_id) are published in commit order. Published as the aggregate_id header.';
+COMMENT ON COLUMN outbox.event_type IS
+    'Published as the AMQP type property, e.g. OrderPlaced.';
+COMMENT ON COLUMN outbox.exchange IS
+    'Exchange to publish to; NULL means the relay''s RELAY_EXCHANGE.';
+COMMENT ON COLUMN outbox.routing_key IS
+    'AMQP routing key.';
+COMMENT ON COLUMN outbox.payload IS
+    'Message body, published byte for byte.';
+COMMENT ON COLUMN outbox.content_type IS
+    'AMQP content_type property.';
+COMMENT ON COLUMN outbox.headers IS
+    'A flat JSON object; each key becomes an AMQP header. Values must be strings, numbers or booleans (enforced by outbox_headers_flat). The relay sets aggregate_type, aggregate_id and outbox_id itself, overriding keys of those names.';
+COMMENT ON COLUMN outbox.created_at IS
+    'Published as the AMQP timestamp property (whole seconds).';
+COMMENT ON COLUMN outbox.txid IS
+    'Relay-owned: the writer''s transaction id, set by its default. The relay reads only rows whose transaction is older than every transaction still running, in (txid, id) order, so rows that commit out of id order are never skipped. Writers never set it.';
+COMMENT ON CONSTRAINT outbox_headers_flat ON outbox IS
+    'Rejects at insert time headers that cannot become AMQP headers: anything but a flat object of string, number and boolean values.';
+
+-- The relay's read: WHERE (txid, id) > (position) AND txid < snapshot xmin
+-- ORDER BY txid, id LIMIT n. This index serves it as a range scan.
+CREATE INDEX IF NOT EXISTS outbox_txid_id_idx ON outbox (txid, id);
+
+COMMENT ON INDEX outbox_txid_id_idx IS
+    'Serves the relay''s read of the rows after its recorded (txid, id) position, in order.';
+
+CREATE TABLE IF NOT EXISTS outbox_relay_position (
+    outbox_table text        PRIMARY KEY,
+    txid         xid8        NOT NULL DEFAULT '0',
+    id           bigint      NOT NULL DEFAULT 0,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE outbox_relay_position IS
+    'Relay-owned: how far each outbox table has been published. One row per outbox table; the relay creates its row on first start.';
+COMMENT ON COLUMN outbox_relay_position.outbox_table IS
+    'The outbox table this position belongs to, schema-qualified (e.g. public.outbox).';
+COMMENT ON COLUMN outbox_relay_position.txid IS
+    'Transaction id of the last row of the contiguous published prefix.';
+COMMENT ON COLUMN outbox_relay_position.id IS
+    'Row id of the last row of the contiguous published prefix. Every row at or before (txid, id) has been confirmed by the broker.';
+COMMENT ON COLUMN outbox_relay_position.updated_at IS
+    'When the position last moved.';
+
+-- Optional low-latency wake-up. The relay always LISTENs on the channel
+-- outbox_relay and always polls as well, so this trigger is not created by
+-- default: every notifying commit takes a cluster-wide lock, which costs busy
+-- writers throughput (see README, "Wake-ups"). To opt in:
+--   CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+--       FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Identical notifications within one transaction are folded into one.
+    PERFORM pg_notify('outbox_relay', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION outbox_notify() IS
+    'Optional statement-level trigger function: wakes outbox-relay (channel outbox_relay) when rows are inserted. At most one notification per transaction and table.';
