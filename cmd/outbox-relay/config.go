@@ -1,0 +1,150 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+	"github.com/outboxrelay/outboxrelay/relay/postgres"
+	"github.com/outboxrelay/outboxrelay/relay/rabbitmq"
+)
+
+// env is every RELAY_ variable. It is the only place the environment is
+// read; each component gets its own Config built from it.
+type env struct {
+	DatabaseURL     string        `envconfig:"DATABASE_URL" desc:"PostgreSQL URL or DSN (pgx syntax; several hosts for failover). Required."`
+	AMQPURL         string        `envconfig:"AMQP_URL" desc:"amqp:// or amqps:// URL; a comma-separated list for a cluster, tried in turn. Required by run."`
+	Table           string        `envconfig:"TABLE" default:"outbox" desc:"Outbox table, optionally schema-qualified (plain identifiers only)."`
+	Exchange        string        `envconfig:"EXCHANGE" default:"" desc:"Exchange for rows whose exchange is NULL; empty is the default exchange."`
+	BatchSize       int           `envconfig:"BATCH_SIZE" default:"500" desc:"Rows read and published per round; also the most messages awaiting confirms, and so the most republished after a crash."`
+	PollInterval    time.Duration `envconfig:"POLL_INTERVAL" default:"100ms" desc:"Longest wait between reads of an idle outbox. After finding rows the relay polls again within 1ms, doubling the wait while nothing arrives."`
+	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a row is dead. Validated; not yet used: this version retries a failing row until it succeeds."`
+	LeaseTimeout    time.Duration `envconfig:"LEASE_TIMEOUT" default:"10s" desc:"How long a dead replica's lease blocks others. Validated; not yet used: run one replica per outbox table."`
+	Retention       time.Duration `envconfig:"RETENTION" default:"168h" desc:"How long published rows are kept. Validated; not yet used: this version never deletes rows."`
+	HTTPAddr        string        `envconfig:"HTTP_ADDR" default:"" desc:"Address for /healthz and /readyz, e.g. :9090; empty disables it."`
+	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error."`
+	LogFormat       string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json."`
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"How long SIGTERM waits for in-flight confirms before giving up."`
+}
+
+// usageError is bad configuration or usage: exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func badVar(name, format string, args ...any) error {
+	return &usageError{"RELAY_" + name + ": " + fmt.Sprintf(format, args...)}
+}
+
+// loadEnv reads the RELAY_ variables and checks what every command needs.
+func loadEnv() (*env, error) {
+	var e env
+	if err := envconfig.Process("RELAY", &e); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			return nil, badVar(strings.TrimPrefix(pe.KeyName, "RELAY_"), "invalid %s %q", kind(pe.TypeName), pe.Value)
+		}
+		return nil, &usageError{err.Error()}
+	}
+	switch {
+	case e.DatabaseURL == "":
+		return nil, badVar("DATABASE_URL", "required, not set")
+	case e.MaxAttempts < 1:
+		return nil, badVar("MAX_ATTEMPTS", "must be at least 1, got %d", e.MaxAttempts)
+	case e.LeaseTimeout <= 0:
+		return nil, badVar("LEASE_TIMEOUT", "must be positive, got %s", e.LeaseTimeout)
+	case e.Retention < 0:
+		return nil, badVar("RETENTION", "must not be negative, got %s", e.Retention)
+	}
+	if _, err := e.logLevel(); err != nil {
+		return nil, err
+	}
+	if e.LogFormat != "text" && e.LogFormat != "json" {
+		return nil, badVar("LOG_FORMAT", "must be text or json, got %q", e.LogFormat)
+	}
+	if _, err := e.storeConfig(); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+func kind(typeName string) string {
+	if typeName == "Duration" || typeName == "time.Duration" {
+		return "duration (use e.g. 250ms, 10s, 1h)"
+	}
+	return typeName
+}
+
+func (e *env) logLevel() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(e.LogLevel)); err != nil {
+		return 0, badVar("LOG_LEVEL", "must be debug, info, warn or error, got %q", e.LogLevel)
+	}
+	return l, nil
+}
+
+func (e *env) storeConfig() (postgres.Config, error) {
+	table, err := postgres.ParseTable(e.Table)
+	if err != nil {
+		return postgres.Config{}, badVar("TABLE", "%v", err)
+	}
+	cfg := postgres.Config{URL: e.DatabaseURL, Table: table}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fieldError(err, map[string]string{"URL": "DATABASE_URL", "Table": "TABLE"})
+	}
+	return cfg, nil
+}
+
+func (e *env) brokerConfig() (rabbitmq.Config, error) {
+	if e.AMQPURL == "" {
+		return rabbitmq.Config{}, badVar("AMQP_URL", "required, not set")
+	}
+	urls, err := rabbitmq.ParseURLs(e.AMQPURL)
+	if err != nil {
+		return rabbitmq.Config{}, badVar("AMQP_URL", "%v", err)
+	}
+	return rabbitmq.Config{URLs: urls}, nil
+}
+
+func (e *env) relayConfig() (relay.Config, error) {
+	cfg := relay.Config{
+		Exchange:        e.Exchange,
+		BatchSize:       e.BatchSize,
+		PollInterval:    e.PollInterval,
+		ShutdownTimeout: e.ShutdownTimeout,
+	}
+	// Zero would silently mean "default" to the relay; from the
+	// environment it is a mistake.
+	switch {
+	case cfg.BatchSize <= 0:
+		return cfg, badVar("BATCH_SIZE", "must be at least 1, got %d", cfg.BatchSize)
+	case cfg.PollInterval <= 0:
+		return cfg, badVar("POLL_INTERVAL", "must be positive, got %s", cfg.PollInterval)
+	case cfg.ShutdownTimeout <= 0:
+		return cfg, badVar("SHUTDOWN_TIMEOUT", "must be positive, got %s", cfg.ShutdownTimeout)
+	}
+	if err := cfg.WithDefaults().Validate(); err != nil {
+		return cfg, fieldError(err, map[string]string{
+			"BatchSize": "BATCH_SIZE", "PollInterval": "POLL_INTERVAL", "MinPoll": "POLL_INTERVAL",
+			"ShutdownTimeout": "SHUTDOWN_TIMEOUT",
+		})
+	}
+	return cfg, nil
+}
+
+// fieldError renames a component's ConfigError after the variable that set
+// the field.
+func fieldError(err error, vars map[string]string) error {
+	var ce *relay.ConfigError
+	if errors.As(err, &ce) {
+		if name, ok := vars[ce.Field]; ok {
+			return badVar(name, "%s", ce.Problem)
+		}
+	}
+	return &usageError{err.Error()}
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"reflect"
+	"runtime/debug"
+	"text/tabwriter"
+)
+
+const helpText = `outbox-relay publishes committed rows of a PostgreSQL outbox table to
+RabbitMQ: each row once in normal operation, in commit order per aggregate,
+never losing one.
+
+usage: outbox-relay [command]
+
+commands:
+  run        publish until SIGTERM/SIGINT (the default command)
+  migrate    apply the embedded schema.sql (idempotent)
+  status     pending rows, oldest pending age, position; --json for one JSON object
+  help       this text
+  version    the version
+
+Each command takes -h. Exit codes: 0 clean stop, 2 bad configuration or
+usage, 1 any other fatal error. While a server is unreachable the relay does
+not exit: it retries with capped, jittered backoff and says so in its log.
+
+configuration (environment only):
+`
+
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, helpText)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	t := reflect.TypeFor[env]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		def, ok := f.Tag.Lookup("default")
+		switch {
+		case !ok:
+			def = "(none)"
+		case def == "":
+			def = `""`
+		}
+		fmt.Fprintf(tw, "  RELAY_%s\t%s\t%s\n", f.Tag.Get("envconfig"), def, f.Tag.Get("desc"))
+	}
+	tw.Flush()
+}
+
+// version is the module version stamped by the Go toolchain, or the VCS
+// revision for a build from a checkout.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return "devel-" + rev
+}

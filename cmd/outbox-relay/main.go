@@ -1,0 +1,64 @@
+// Command outbox-relay publishes committed rows of a PostgreSQL outbox table
+// to RabbitMQ. Run `outbox-relay help` for commands and configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the process exit code: 0 success,
+// 2 bad configuration or usage, 1 anything else.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmd, rest := "run", args
+	if len(args) > 0 {
+		cmd, rest = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = runCommand(ctx, rest, stderr)
+	case "migrate":
+		err = migrateCommand(ctx, rest, stdout, stderr)
+	case "status":
+		err = statusCommand(ctx, rest, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		printHelp(stdout)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "outbox-relay", version())
+	default:
+		err = &usageError{fmt.Sprintf("unknown command %q (see outbox-relay help)", cmd)}
+	}
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, "outbox-relay:", err)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "outbox-relay:", err)
+		return 1
+	}
+}
+
+// newLogger builds the process logger from RELAY_LOG_LEVEL and
+// RELAY_LOG_FORMAT (already validated).
+func newLogger(e *env, w io.Writer) *slog.Logger {
+	level, _ := e.logLevel()
+	opts := &slog.HandlerOptions{Level: level}
+	if e.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

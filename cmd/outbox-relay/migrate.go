@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay"
+	"github.com/outboxrelay/outboxrelay/relay/postgres"
+)
+
+const migrateUsage = `usage: outbox-relay migrate
+
+Applies the embedded schema.sql to RELAY_DATABASE_URL. Idempotent: safe to
+run on every deploy, also from several replicas at once. The schema's objects
+are created in the schema named by RELAY_TABLE (default: the first schema of
+search_path, normally public); the table name itself must be outbox.
+`
+
+func migrateCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if err := parseFlags(flag.NewFlagSet("migrate", flag.ContinueOnError), args, migrateUsage, stderr); err != nil {
+		return err
+	}
+	e, err := loadEnv()
+	if err != nil {
+		return err
+	}
+	cfg, err := e.storeConfig()
+	if err != nil {
+		return err
+	}
+	if cfg.Table.Name != "outbox" {
+		return badVar("TABLE", "migrate creates a table named outbox, not %q; adapt schema.sql for another name and apply it with psql", cfg.Table.Name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", postgres.Describe(e.DatabaseURL), err)
+	}
+	defer conn.Close(context.Background())
+
+	// One simple-protocol batch runs as one transaction; the advisory lock
+	// serializes replicas that migrate at the same moment, which IF NOT
+	// EXISTS alone does not make safe.
+	script := "SELECT pg_advisory_xact_lock(hashtext('outbox-relay migrate'));\n"
+	if cfg.Table.Schema != "" {
+		script += "SET LOCAL search_path TO " + pgx.Identifier{cfg.Table.Schema}.Sanitize() + ";\n"
+	}
+	script += outboxrelay.Schema
+	if _, err := conn.PgConn().Exec(ctx, script).ReadAll(); err != nil {
+		return fmt.Errorf("apply schema: %w", err)
+	}
+	fmt.Fprintf(stdout, "schema applied to %s (table %s)\n", postgres.Describe(e.DatabaseURL), cfg.Table)
+	return nil
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+	"github.com/outboxrelay/outboxrelay/relay/postgres"
+	"github.com/outboxrelay/outboxrelay/relay/rabbitmq"
+)
+
+const runUsage = `usage: outbox-relay run
+
+Publishes committed outbox rows to RabbitMQ until SIGTERM or SIGINT. The first
+signal stops reading, waits up to RELAY_SHUTDOWN_TIMEOUT for in-flight
+confirms, records them and exits 0; a second signal aborts at once (exit 1).
+Configuration comes from RELAY_ variables only (see outbox-relay help).
+`
+
+func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
+	if err := parseFlags(flag.NewFlagSet("run", flag.ContinueOnError), args, runUsage, stderr); err != nil {
+		return err
+	}
+	e, err := loadEnv()
+	if err != nil {
+		return err
+	}
+	m, err := newMain(e, newLogger(e, stderr))
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	go func() {
+		sig, ok := <-signals
+		if !ok {
+			return
+		}
+		m.log.Info("stopping: waiting for in-flight confirms", "signal", sig.String(), "timeout", e.ShutdownTimeout)
+		stop()
+		if sig, ok = <-signals; ok {
+			m.log.Error("second signal: aborting without waiting", "signal", sig.String())
+			os.Exit(1)
+		}
+	}()
+	return m.Run(ctx)
+}
+
+// Main wires the relay's components: Run starts them in order and Close
+// undoes them in reverse.
+type Main struct {
+	env      *env
+	log      *slog.Logger
+	store    *postgres.Store
+	broker   *rabbitmq.Broker
+	listener *postgres.Listener
+	relay    *relay.Relay
+	http     *http.Server
+}
+
+func newMain(e *env, log *slog.Logger) (*Main, error) {
+	storeCfg, err := e.storeConfig()
+	if err != nil {
+		return nil, err
+	}
+	brokerCfg, err := e.brokerConfig()
+	if err != nil {
+		return nil, err
+	}
+	relayCfg, err := e.relayConfig()
+	if err != nil {
+		return nil, err
+	}
+	m := &Main{env: e, log: log}
+	if m.store, err = postgres.Open(storeCfg); err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	brokerCfg.Logger = log
+	if m.broker, err = rabbitmq.New(brokerCfg); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("open broker: %w", err)
+	}
+	m.listener = postgres.NewListener(storeCfg.URL, log)
+	relayCfg.Wake = m.listener.C()
+	relayCfg.Logger = log
+	if m.relay, err = relay.New(relayCfg, m.store, m.broker); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("create relay: %w", err)
+	}
+	return m, nil
+}
+
+// Run starts the listener and the optional HTTP server, then runs the relay
+// until ctx ends.
+func (m *Main) Run(ctx context.Context) error {
+	m.log.Info("outbox-relay starting", "version", version(),
+		"database", postgres.Describe(m.env.DatabaseURL), "table", m.env.Table,
+		"batch_size", m.env.BatchSize, "poll_interval", m.env.PollInterval)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	lctx, stopListener := context.WithCancel(ctx)
+	defer stopListener()
+	wg.Go(func() { m.listener.Run(lctx) })
+
+	if m.env.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", m.env.HTTPAddr)
+		if err != nil {
+			return &usageError{fmt.Sprintf("RELAY_HTTP_ADDR: %v", err)}
+		}
+		m.http = &http.Server{Handler: healthHandler(), ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() {
+			if err := m.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				m.log.Error("http server stopped", "err", err)
+			}
+		})
+		defer m.http.Close()
+	}
+
+	if err := m.relay.Run(ctx); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	return nil
+}
+
+// Close releases the connections in reverse order of opening.
+func (m *Main) Close() {
+	if m.broker != nil {
+		_ = m.broker.Close()
+	}
+	if m.store != nil {
+		m.store.Close()
+	}
+}
+
+// healthHandler serves /healthz: the process is up and serving. Readiness
+// and metrics arrive with the observability work; /readyz reports the same
+// as /healthz until then.
+func healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
+	mux.HandleFunc("GET /healthz", ok)
+	mux.HandleFunc("GET /readyz", ok)
+	return mux
+}

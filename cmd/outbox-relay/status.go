@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/outboxrelay/outboxrelay/relay/postgres"
+)
+
+const statusUsage = `usage: outbox-relay status [--json]
+
+Prints the outbox's state: pending rows (committed, not yet published), dead
+rows, the age of the oldest pending row, the recorded position, and the
+oldest running transaction (which holds publishing back while it runs).
+`
+
+type statusReport struct {
+	postgres.Status
+	Replica string `json:"replica"`
+}
+
+func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if err := parseFlags(fs, args, statusUsage, stderr); err != nil {
+		return err
+	}
+	e, err := loadEnv()
+	if err != nil {
+		return err
+	}
+	cfg, err := e.storeConfig()
+	if err != nil {
+		return err
+	}
+	store, err := postgres.Open(cfg)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := store.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("status of %s: %w", postgres.Describe(e.DatabaseURL), err)
+	}
+	host, _ := os.Hostname()
+	rep := statusReport{Status: st, Replica: host}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		return enc.Encode(rep)
+	}
+	fmt.Fprintf(stdout, "table                 %s\n", st.Table)
+	fmt.Fprintf(stdout, "pending               %d\n", st.Pending)
+	fmt.Fprintf(stdout, "dead                  %d\n", st.Dead)
+	fmt.Fprintf(stdout, "oldest pending age    %.1fs\n", st.OldestPendingAgeSeconds)
+	fmt.Fprintf(stdout, "position              %s", st.Position)
+	if !st.PositionUpdatedAt.IsZero() {
+		fmt.Fprintf(stdout, " (moved %s ago)", time.Since(st.PositionUpdatedAt).Round(time.Second))
+	}
+	fmt.Fprintln(stdout)
+	if x := st.OldestXact; x != nil {
+		fmt.Fprintf(stdout, "oldest transaction    pid %d in %q, running %.1fs\n", x.PID, x.Database, x.AgeSeconds)
+	}
+	return nil
+}

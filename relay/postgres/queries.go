@@ -1,0 +1,76 @@
+package postgres
+
+import "fmt"
+
+// queries holds the adapter's SQL for one outbox table. Transaction ids
+// travel as text and are cast to xid8, so no driver codec for xid8 is needed.
+type queries struct {
+	// read relies on outbox_txid_id_idx (txid, id): both conditions are
+	// index conditions of one range scan.
+	read string
+	// resolve names the table as schema.name, or NULL if it does not exist.
+	resolve string
+	// columns checks that the table has the relay's txid column.
+	hasTxid string
+	// ensurePosition creates the table's position row if missing.
+	ensurePosition string
+	// position reads the recorded position (primary key lookup).
+	position string
+	// record stores a position (primary key update).
+	record string
+	// horizon returns the next transaction id to be assigned, the max
+	// txid in the table (index-only, from outbox_txid_id_idx) and the
+	// recorded position, to detect a restored database.
+	horizon string
+	// status counts pending rows (range scan of outbox_txid_id_idx).
+	status string
+	// blocker finds the oldest running transaction that holds an xid.
+	blocker string
+}
+
+func newQueries(t Table) queries {
+	outbox, pos := t.sql(), t.sibling("outbox_relay_position")
+	return queries{
+		read: fmt.Sprintf(`
+SELECT id, txid::text, event_id::text, aggregate_type, aggregate_id, event_type,
+       exchange, routing_key, payload, content_type, headers::text, created_at
+  FROM %s
+ WHERE (txid, id) > ($1::text::xid8, $2::bigint)
+   AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY txid, id
+ LIMIT $3`, outbox),
+		resolve: `
+SELECT n.nspname || '.' || c.relname
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = to_regclass($1)`,
+		hasTxid: `
+SELECT count(*) = 1
+  FROM pg_attribute
+ WHERE attrelid = to_regclass($1) AND attname = 'txid' AND NOT attisdropped
+   AND atttypid = 'xid8'::regtype`,
+		ensurePosition: fmt.Sprintf(`
+INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`, pos),
+		position: fmt.Sprintf(`
+SELECT txid::text, id FROM %s WHERE outbox_table = $1`, pos),
+		record: fmt.Sprintf(`
+UPDATE %s SET txid = $2::text::xid8, id = $3, updated_at = now()
+ WHERE outbox_table = $1`, pos),
+		horizon: fmt.Sprintf(`
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
+       coalesce((SELECT max(txid) FROM %s), '0')::text`, outbox),
+		status: fmt.Sprintf(`
+SELECT p.txid::text, p.id, p.updated_at,
+       count(o.id),
+       coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8
+  FROM %s p
+  LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
+ WHERE p.outbox_table = $1
+ GROUP BY p.txid, p.id, p.updated_at`, pos, outbox),
+		blocker: `
+SELECT pid, coalesce(datname, ''), coalesce(extract(epoch FROM now() - xact_start), 0)::float8
+  FROM pg_stat_activity
+ WHERE backend_xid IS NOT NULL
+ ORDER BY age(backend_xid) DESC
+ LIMIT 1`,
+	}
+}

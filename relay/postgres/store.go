@@ -1,0 +1,237 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// Config configures a Store.
+type Config struct {
+	// URL is a PostgreSQL URL or keyword/value DSN in pgx syntax.
+	URL string
+	// Table is the outbox table; its schema also holds
+	// outbox_relay_position.
+	Table Table
+	// MaxConns caps the pool. Zero means 4.
+	MaxConns int32
+}
+
+// Validate reports the first field that cannot work.
+func (c Config) Validate() error {
+	if c.URL == "" {
+		return &relay.ConfigError{Field: "URL", Problem: "is required"}
+	}
+	if _, err := pgxpool.ParseConfig(c.URL); err != nil {
+		return &relay.ConfigError{Field: "URL", Problem: "cannot be parsed: " + redactParseError(err)}
+	}
+	if _, err := ParseTable(c.Table.String()); err != nil {
+		return &relay.ConfigError{Field: "Table", Problem: err.Error()}
+	}
+	if c.MaxConns < 0 {
+		return &relay.ConfigError{Field: "MaxConns", Problem: "must not be negative"}
+	}
+	return nil
+}
+
+// Store reads an outbox table and records the relay's position in
+// PostgreSQL. It implements relay.Store. Its pool connects lazily and
+// reconnects by itself, so a database that is down only fails calls.
+type Store struct {
+	pool  *pgxpool.Pool
+	table Table
+	q     queries
+	key   string // schema-qualified table name, resolved by Start
+}
+
+// Open returns a Store. It does not connect yet.
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	pc.MaxConns = 4
+	if cfg.MaxConns > 0 {
+		pc.MaxConns = cfg.MaxConns
+	}
+	pc.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("create pool: %w", err)
+	}
+	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table)}, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// Pool exposes the pool for commands that run their own SQL (migrate).
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Start resolves the table, creates its position row if missing, refuses a
+// database whose rows or position lie beyond its transaction counter, and
+// returns the recorded position.
+func (s *Store) Start(ctx context.Context) (relay.Position, error) {
+	key, err := s.resolve(ctx)
+	if err != nil {
+		return relay.Position{}, err
+	}
+	if _, err := s.pool.Exec(ctx, s.q.ensurePosition, key); err != nil {
+		return relay.Position{}, fmt.Errorf("create position row: %w", err)
+	}
+	s.key = key
+	pos, err := s.position(ctx)
+	if err != nil {
+		return relay.Position{}, err
+	}
+	var nextText, maxText string
+	if err := s.pool.QueryRow(ctx, s.q.horizon).Scan(&nextText, &maxText); err != nil {
+		return relay.Position{}, fmt.Errorf("read transaction horizon: %w", err)
+	}
+	next, err1 := strconv.ParseUint(nextText, 10, 64)
+	maxTxid, err2 := strconv.ParseUint(maxText, 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return relay.Position{}, fmt.Errorf("parse transaction horizon: %w", err)
+	}
+	if pos.TxID >= next || maxTxid >= next {
+		return relay.Position{}, fmt.Errorf("%w: next transaction id is %d, but the recorded position is %s and the newest row's txid is %d; "+
+			"this database was restored or copied. Rows would be skipped, so the relay will not start. "+
+			"Publish or move the rows and reset the position (see README, \"Restores\")",
+			relay.ErrPositionAhead, next, pos, maxTxid)
+	}
+	return pos, nil
+}
+
+func (s *Store) resolve(ctx context.Context) (string, error) {
+	var key *string
+	if err := s.pool.QueryRow(ctx, s.q.resolve, s.table.sql()).Scan(&key); err != nil {
+		return "", fmt.Errorf("look up table %s: %w", s.table, err)
+	}
+	if key == nil {
+		return "", fmt.Errorf("table %s does not exist (run outbox-relay migrate, or apply schema.sql)", s.table)
+	}
+	var ok bool
+	if err := s.pool.QueryRow(ctx, s.q.hasTxid, s.table.sql()).Scan(&ok); err != nil {
+		return "", fmt.Errorf("check table %s: %w", s.table, err)
+	}
+	if !ok {
+		return "", fmt.Errorf("table %s has no txid xid8 column (apply schema.sql)", s.table)
+	}
+	return *key, nil
+}
+
+func (s *Store) position(ctx context.Context) (relay.Position, error) {
+	var txid string
+	var pos relay.Position
+	if err := s.pool.QueryRow(ctx, s.q.position, s.key).Scan(&txid, &pos.ID); err != nil {
+		return relay.Position{}, fmt.Errorf("read position: %w", err)
+	}
+	var err error
+	if pos.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
+		return relay.Position{}, fmt.Errorf("parse position txid %q: %w", txid, err)
+	}
+	return pos, nil
+}
+
+// Read returns up to limit committed rows after the position whose
+// transactions are older than every transaction still running.
+func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+	rows, err := s.pool.Query(ctx, s.q.read, strconv.FormatUint(after.TxID, 10), after.ID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]relay.Row, 0, min(limit, 256))
+	for rows.Next() {
+		var r relay.Row
+		var txid, headers string
+		if err := rows.Scan(&r.ID, &txid, &r.EventID, &r.AggregateType, &r.AggregateID, &r.EventType,
+			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &headers, &r.CreatedAt); err != nil {
+			return nil, err
+		}
+		if r.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
+			return nil, fmt.Errorf("row %d: parse txid %q: %w", r.ID, txid, err)
+		}
+		r.Headers = []byte(headers)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Record stores pos as the table's position.
+func (s *Store) Record(ctx context.Context, pos relay.Position) error {
+	tag, err := s.pool.Exec(ctx, s.q.record, s.key, strconv.FormatUint(pos.TxID, 10), pos.ID)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("position row for %s is missing", s.key)
+	}
+	return nil
+}
+
+// Status describes the outbox for `outbox-relay status`.
+type Status struct {
+	Table                   string    `json:"table"`
+	Position                string    `json:"position"`
+	PositionUpdatedAt       time.Time `json:"position_updated_at"`
+	Pending                 int64     `json:"pending"`
+	Dead                    int64     `json:"dead"`
+	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
+	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
+}
+
+// Xact is the oldest running transaction that holds a transaction id. While
+// it runs, rows of younger transactions wait.
+type Xact struct {
+	PID        int32   `json:"pid"`
+	Database   string  `json:"database"`
+	AgeSeconds float64 `json:"age_seconds"`
+}
+
+// Status reports pending rows, their age, and the oldest running
+// transaction. Dead is always 0: this version never parks rows.
+func (s *Store) Status(ctx context.Context) (Status, error) {
+	key, err := s.resolve(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{Table: key, Position: "none"}
+	var txid string
+	var id int64
+	err = s.pool.QueryRow(ctx, s.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Pending, &st.OldestPendingAgeSeconds)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		// The relay never started on this table: everything is pending.
+		err = s.pool.QueryRow(ctx, fmt.Sprintf(
+			`SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM %s`, s.table.sql())).
+			Scan(&st.Pending, &st.OldestPendingAgeSeconds)
+		if err != nil {
+			return Status{}, fmt.Errorf("count pending rows: %w", err)
+		}
+	case err != nil:
+		return Status{}, fmt.Errorf("read position: %w", err)
+	default:
+		st.Position = txid + "/" + strconv.FormatInt(id, 10)
+	}
+	var x Xact
+	err = s.pool.QueryRow(ctx, s.q.blocker).Scan(&x.PID, &x.Database, &x.AgeSeconds)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return Status{}, fmt.Errorf("find oldest transaction: %w", err)
+	default:
+		st.OldestXact = &x
+	}
+	return st, nil
+}

@@ -1,0 +1,235 @@
+package rabbitmq
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// Config configures a Broker.
+type Config struct {
+	// URLs are amqp:// or amqps:// URLs of one cluster, tried in turn.
+	URLs []string
+	// DialTimeout bounds each connection attempt. Zero means 5 s.
+	DialTimeout time.Duration
+	// Heartbeat is the AMQP heartbeat interval. Zero means 10 s.
+	Heartbeat time.Duration
+	// Name is shown as the connection name in the management UI.
+	Name string
+	// Logger receives connection state changes. Nil discards.
+	Logger *slog.Logger
+}
+
+// ParseURLs splits a comma-separated list and validates each URL.
+func ParseURLs(list string) ([]string, error) {
+	var urls []string
+	for _, u := range strings.Split(list, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		if err := checkURL(u); err != nil {
+			return nil, err
+		}
+		urls = append(urls, u)
+	}
+	if len(urls) == 0 {
+		return nil, errors.New("is required")
+	}
+	return urls, nil
+}
+
+// Validate reports the first field that cannot work.
+func (c Config) Validate() error {
+	if len(c.URLs) == 0 {
+		return &relay.ConfigError{Field: "URLs", Problem: "at least one URL is required"}
+	}
+	for _, u := range c.URLs {
+		if err := checkURL(u); err != nil {
+			return &relay.ConfigError{Field: "URLs", Problem: err.Error()}
+		}
+	}
+	if c.DialTimeout < 0 || c.Heartbeat < 0 {
+		return &relay.ConfigError{Field: "DialTimeout", Problem: "must not be negative"}
+	}
+	return nil
+}
+
+// checkURL validates an AMQP URL with an error that never repeats its
+// password: parse errors quote the URL, so the URL is replaced by its
+// redacted form, or the detail dropped when it cannot be redacted.
+func checkURL(u string) error {
+	_, err := amqp.ParseURI(u)
+	if err == nil {
+		return nil
+	}
+	p, perr := url.Parse(u)
+	if perr != nil {
+		return errors.New("an entry is not a valid URL (check the port and percent-encode reserved characters in the password)")
+	}
+	msg := strings.ReplaceAll(err.Error(), u, p.Redacted())
+	if pw, ok := p.User.Password(); ok && pw != "" {
+		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+	}
+	return fmt.Errorf("%s: %s", p.Redacted(), msg)
+}
+
+// Redact returns u with its password replaced, for logs.
+func Redact(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable AMQP URL)"
+	}
+	return p.Redacted()
+}
+
+// Broker publishes to RabbitMQ. It implements relay.Publisher. One goroutine
+// may call Publish at a time; Close may be called from any goroutine.
+type Broker struct {
+	cfg  Config
+	log  *slog.Logger
+	mu   sync.Mutex // guards conn, ch, next
+	conn *amqp.Connection
+	ch   *channel
+	next int // index of the URL to try first
+}
+
+// channel is a confirm-mode channel with its return queue.
+type channel struct {
+	*amqp.Channel
+	returns chan amqp.Return
+}
+
+// New returns a Broker. It does not connect yet.
+func New(cfg Config) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 10 * time.Second
+	}
+	if cfg.Name == "" {
+		cfg.Name = "outbox-relay"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Broker{cfg: cfg, log: log}, nil
+}
+
+// Close closes the connection, if any.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dropLocked()
+}
+
+func (b *Broker) dropLocked() error {
+	b.ch = nil
+	if b.conn == nil {
+		return nil
+	}
+	err := b.conn.Close()
+	b.conn = nil
+	if errors.Is(err, amqp.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// channel returns the open confirm-mode channel, connecting first if needed.
+func (b *Broker) channel() (*channel, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch != nil && !b.ch.IsClosed() && !b.conn.IsClosed() {
+		return b.ch, nil
+	}
+	if b.conn != nil && !b.conn.IsClosed() {
+		ch, err := b.openChannel(b.conn)
+		if err == nil {
+			b.ch = ch
+			return ch, nil
+		}
+	}
+	_ = b.dropLocked()
+	var errs []error
+	for i := range b.cfg.URLs {
+		k := (b.next + i) % len(b.cfg.URLs)
+		conn, err := b.dial(b.cfg.URLs[k])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", Redact(b.cfg.URLs[k]), err))
+			continue
+		}
+		ch, err := b.openChannel(conn)
+		if err != nil {
+			_ = conn.Close()
+			errs = append(errs, fmt.Errorf("%s: open channel: %w", Redact(b.cfg.URLs[k]), err))
+			continue
+		}
+		b.next = k
+		b.conn, b.ch = conn, ch
+		b.log.Info("connected to broker", "url", Redact(b.cfg.URLs[k]))
+		return ch, nil
+	}
+	b.next = (b.next + 1) % len(b.cfg.URLs)
+	return nil, fmt.Errorf("connect to broker: %w", errors.Join(errs...))
+}
+
+func (b *Broker) dial(u string) (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(b.cfg.Name)
+	conn, err := amqp.DialConfig(u, amqp.Config{
+		Heartbeat:  b.cfg.Heartbeat,
+		Locale:     "en_US",
+		Properties: props,
+		Dial:       amqp.DefaultDial(b.cfg.DialTimeout),
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Every Notify channel gets a buffer and a reader that ends when the
+	// connection closes, so the client can never block on us.
+	blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	go func() {
+		for blk := range blocked {
+			if blk.Active {
+				b.log.Warn("broker is blocking publishers (resource alarm)", "reason", blk.Reason)
+			} else {
+				b.log.Info("broker unblocked publishers")
+			}
+		}
+	}()
+	go func() {
+		if err, ok := <-closed; ok && err != nil {
+			b.log.Warn("broker connection lost", "err", err)
+		}
+	}()
+	return conn, nil
+}
+
+func (b *Broker) openChannel(conn *amqp.Connection) (*channel, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, fmt.Errorf("enable confirms: %w", err)
+	}
+	// Returns are read while confirms are awaited, so a small buffer is
+	// enough: the client's reader never waits on it for long.
+	return &channel{Channel: ch, returns: ch.NotifyReturn(make(chan amqp.Return, 64))}, nil
+}

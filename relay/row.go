@@ -1,0 +1,41 @@
+package relay
+
+import (
+	"fmt"
+	"time"
+)
+
+// Position is a point in the outbox's publishing order: the writer's
+// transaction id and the row id. Every row at or before the recorded position
+// has been confirmed by the broker.
+type Position struct {
+	TxID uint64
+	ID   int64
+}
+
+// After reports whether p comes after q in publishing order.
+func (p Position) After(q Position) bool {
+	return p.TxID > q.TxID || (p.TxID == q.TxID && p.ID > q.ID)
+}
+
+// String formats the position as txid/id.
+func (p Position) String() string { return fmt.Sprintf("%d/%d", p.TxID, p.ID) }
+
+// Row is one committed outbox row, as the Store reads it.
+type Row struct {
+	ID            int64
+	TxID          uint64
+	EventID       string // canonical lower-case UUID text
+	AggregateType string
+	AggregateID   string
+	EventType     string
+	Exchange      *string // nil means the relay's default exchange
+	RoutingKey    string
+	Payload       []byte
+	ContentType   string
+	Headers       []byte // the row's headers as JSON text
+	CreatedAt     time.Time
+}
+
+// Position returns the row's place in publishing order.
+func (r *Row) Position() Position { return Position{TxID: r.TxID, ID: r.ID} }
