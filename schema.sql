@@ -58,6 +58,10 @@ COMMENT ON COLUMN outbox.created_at IS
     'Published as the AMQP timestamp property (whole seconds).';
 COMMENT ON COLUMN outbox.txid IS
     'Relay-owned: the writer''s transaction id, set by its default. The relay reads only rows whose transaction is older than every transaction still running, in (txid, id) order, so rows that commit out of id order are never skipped. Writers never set it.';
+COMMENT ON INDEX outbox_pkey IS
+    'Primary key on id.';
+COMMENT ON INDEX outbox_event_id_key IS
+    'Keeps event_id unique, so a message_id names one event.';
 COMMENT ON CONSTRAINT outbox_headers_flat ON outbox IS
     'Rejects at insert time headers that cannot become AMQP headers: anything but a flat object of string, number and boolean values.';
 
@@ -85,6 +89,8 @@ COMMENT ON COLUMN outbox_relay_position.id IS
     'Row id of the last row of the contiguous published prefix. Every row at or before (txid, id) has been confirmed by the broker.';
 COMMENT ON COLUMN outbox_relay_position.updated_at IS
     'When the position last moved.';
+COMMENT ON INDEX outbox_relay_position_pkey IS
+    'One position per outbox table.';
 
 -- Optional low-latency wake-up. The relay always LISTENs on the channel
 -- outbox_relay and always polls as well, so this trigger is not created by

@@ -31,6 +31,11 @@ type Publisher interface {
 	Publish(ctx context.Context, msgs []Message) (confirmed int, err error)
 }
 
+// ErrShutdownTimeout means Run stopped before the round in flight was
+// confirmed and recorded: its rows will be published again at the next
+// start.
+var ErrShutdownTimeout = errors.New("shutdown timeout: stopped before the round in flight was confirmed and recorded")
+
 // ErrPositionAhead means the recorded position or rows of the outbox are
 // ahead of the database's transaction counter, as after a restore or a
 // logical copy to a new server. Reading on would skip rows, so the relay
@@ -73,8 +78,15 @@ func (r *Relay) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		n, err := r.runOnce(ctx)
 		if err != nil {
+			if errors.Is(err, ErrShutdownTimeout) {
+				return err
+			}
 			if ctx.Err() != nil {
-				return r.stopError(err)
+				// Stopping, and the round failed before anything
+				// was confirmed-but-unrecorded that waiting could
+				// save: its rows are simply still pending.
+				r.log.Info("stopped after a failed round", "err", err, "position", r.pos.String())
+				return nil
 			}
 			if failing == nil || failing.Error() != err.Error() {
 				r.log.Warn("publishing failed; retrying", "err", err, "position", r.pos.String())
@@ -104,13 +116,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	r.log.Info("stopped", "position", r.pos.String())
 	return nil
-}
-
-func (r *Relay) stopError(err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("stopped before the last round was confirmed and recorded (its rows will be published again): %w", err)
-	}
-	return fmt.Errorf("stopped after a failed round: %w", err)
 }
 
 // start reads the recorded position, retrying while the store is
@@ -170,6 +175,9 @@ func (r *Relay) runOnce(ctx context.Context) (int, error) {
 	if len(msgs) > 0 {
 		confirmed, pubErr = r.pub.Publish(finish, msgs)
 	}
+	if errors.Is(context.Cause(finish), ErrShutdownTimeout) {
+		return 0, fmt.Errorf("%w (%d of %d rows confirmed)", ErrShutdownTimeout, confirmed, len(msgs))
+	}
 	if confirmed > 0 {
 		pos := rows[confirmed-1].Position()
 		if err := r.store.Record(finish, pos); err != nil {
@@ -205,15 +213,16 @@ func (r *Relay) sleep(ctx context.Context, d time.Duration, wakeable bool) {
 }
 
 // drainContext returns a context that outlives parent by timeout: it is
-// cancelled timeout after parent is done, or when cancel is called.
+// cancelled with cause ErrShutdownTimeout timeout after parent is done, or
+// when cancel is called.
 func drainContext(parent context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
 	stop := context.AfterFunc(parent, func() {
-		t := time.AfterFunc(timeout, cancel)
+		t := time.AfterFunc(timeout, func() { cancel(ErrShutdownTimeout) })
 		context.AfterFunc(ctx, func() { t.Stop() })
 	})
 	return ctx, func() {
 		stop()
-		cancel()
+		cancel(nil)
 	}
 }

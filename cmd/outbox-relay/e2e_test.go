@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay"
+	"github.com/outboxrelay/outboxrelay/internal/ledger"
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+)
+
+const batchSize = 100
+
+// rig is one test's servers, a stream of writes and a consumer checking them.
+type rig struct {
+	env    []string
+	dbURL  string
+	pool   *pgxpool.Pool
+	broker *testenv.Broker
+	ledger *ledger.Ledger
+	stopW  context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	r := &rig{dbURL: testenv.Database(t), broker: testenv.NewBroker(t), ledger: ledger.New()}
+	queue := r.broker.DeclareQueue(t, "", "events")
+	var err error
+	if r.pool, err = pgxpool.New(context.Background(), r.dbURL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.pool.Close)
+	r.env = []string{"RELAY_DATABASE_URL=" + r.dbURL, "RELAY_AMQP_URL=" + r.broker.URL,
+		"RELAY_BATCH_SIZE=100", "RELAY_SHUTDOWN_TIMEOUT=20s", "RELAY_POLL_INTERVAL=20ms"}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &ledger.Consumer{URL: r.broker.URL, Queue: queue, Ledger: r.ledger}
+	r.wg.Go(func() { c.Run(ctx) })
+	t.Cleanup(func() {
+		cancel()
+		r.wg.Wait()
+	})
+	return r
+}
+
+// write starts writers that commit (and sometimes roll back) until stopWrites.
+func (r *rig) write(t *testing.T, writers int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stopW = cancel
+	for i := range writers {
+		w := &ledger.Writer{Pool: r.pool, Ledger: r.ledger, Name: "w" + string(rune('a'+i)), Aggregates: 3,
+			PerTx: 1 + i%3, Rollback: 0.1, Pause: 2 * time.Millisecond}
+		r.wg.Go(func() {
+			if err := w.Run(ctx); err != nil {
+				t.Errorf("writer: %v", err)
+			}
+		})
+	}
+}
+
+func (r *rig) stopWrites() { r.stopW() }
+
+// drained waits until every committed event was delivered at least once.
+func (r *rig) drained(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for r.ledger.Distinct() < r.ledger.CommittedCount() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not drained: %s", r.ledger.Report())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // let stragglers (duplicates) land before counting
+}
+
+func (r *rig) check(t *testing.T, maxDuplicates int) ledger.Report {
+	t.Helper()
+	rep := r.ledger.Report()
+	t.Logf("%s", rep)
+	if !rep.OK() {
+		t.Fatalf("guarantees broken: %s", rep)
+	}
+	if rep.Committed == 0 {
+		t.Fatal("nothing was committed: the test tested nothing")
+	}
+	if rep.Duplicates > maxDuplicates {
+		t.Fatalf("%d duplicates, more than the bound %d", rep.Duplicates, maxDuplicates)
+	}
+	return rep
+}
+
+// stopClean stops a relay with SIGTERM and expects exit 0.
+func stopClean(t *testing.T, p *proc) {
+	t.Helper()
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0", code)
+	}
+}
+
+func TestSIGKILLLosesNothing(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.write(t, 4)
+	const kills = 20
+	for range kills {
+		p := start(t, r.env)
+		p.waitLog("started", 30*time.Second)
+		time.Sleep(time.Duration(rand.N(400)) * time.Millisecond) // a random moment
+		p.signal(syscall.SIGKILL)
+		p.wait(10 * time.Second)
+	}
+	r.stopWrites()
+	p := start(t, r.env)
+	r.drained(t)
+	stopClean(t, p)
+	rep := r.check(t, kills*batchSize)
+	t.Logf("SIGKILL x%d: %.1f duplicates per kill (bound %d)", kills, float64(rep.Duplicates)/kills, batchSize)
+}
+
+func TestSIGTERMLeavesNoDuplicates(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.write(t, 4)
+	for range 8 {
+		p := start(t, r.env)
+		p.waitLog("started", 30*time.Second)
+		time.Sleep(time.Duration(rand.N(400)) * time.Millisecond)
+		stopClean(t, p)
+	}
+	r.stopWrites()
+	p := start(t, r.env)
+	r.drained(t)
+	stopClean(t, p)
+	r.check(t, 0)
+}
+
+func TestRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.write(t, 4)
+	p := start(t, r.env)
+	p.waitLog("connected to broker", 30*time.Second)
+
+	faults := 0
+	for i := range 12 {
+		time.Sleep(time.Duration(100+rand.N(300)) * time.Millisecond)
+		if i%2 == 0 {
+			if n := r.broker.CloseConnections(t); n > 0 {
+				faults++
+			}
+			continue
+		}
+		var n int
+		err := r.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name LIKE 'outbox-relay%'`).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			faults++
+		}
+	}
+	if faults < 6 {
+		t.Fatalf("only %d faults landed", faults)
+	}
+	r.stopWrites()
+	r.drained(t)
+	select {
+	case <-p.done:
+		t.Fatalf("the relay exited during the faults: %v", p.err)
+	default:
+	}
+	stopClean(t, p)
+	r.check(t, faults*batchSize)
+	if !strings.Contains(p.log(), "publishing recovered") {
+		t.Errorf("no recovery was logged")
+	}
+}
+
+func TestSecondSignalAborts(t *testing.T) {
+	t.Parallel()
+	dbURL := withPassword(t, testenv.Database(t), "pg-s3cret")
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(context.Background(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload) VALUES ('a','1','t','k','x')`); err != nil {
+		t.Fatal(err)
+	}
+	// A broker that accepts connections and never answers: the relay hangs
+	// in the AMQP handshake until its dial timeout.
+	var conns sync.WaitGroup
+	defer conns.Wait() // after ln.Close, which ends the accept loop
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conns.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Go(func() {
+				defer c.Close()
+				_, _ = c.Read(make([]byte, 1024))
+				time.Sleep(3 * time.Second)
+			})
+		}
+	})
+	env := []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=amqp://guest:mq-s3cret@" + ln.Addr().String() + "/"}
+
+	p := start(t, env)
+	p.waitLog("started", 30*time.Second)
+	p.signal(syscall.SIGTERM)
+	time.Sleep(50 * time.Millisecond)
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(10 * time.Second); code != 1 {
+		t.Fatalf("exit %d after two signals, want 1", code)
+	}
+	if !strings.Contains(p.log(), "second signal") {
+		t.Fatalf("abort not logged")
+	}
+
+	// One signal waits for the broker attempt to end, then stops cleanly:
+	// nothing was in flight.
+	p = start(t, env)
+	p.waitLog("started", 30*time.Second)
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d after one signal, want 0", code)
+	}
+	if strings.Contains(p.log(), "s3cret") {
+		t.Fatalf("the log shows a password:\n%s", p.log())
+	}
+}
+
+func withPassword(t *testing.T, raw, password string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(u.User.Username(), password)
+	return u.String()
+}
+
+func TestMigrateAndStatus(t *testing.T) {
+	t.Parallel()
+	dbURL := withPassword(t, testenv.EmptyDatabase(t), "pg-s3cret")
+	env := []string{"RELAY_DATABASE_URL=" + dbURL}
+	for range 2 {
+		if code, out := runCmd(t, env, "migrate"); code != 0 {
+			t.Fatalf("migrate: exit %d: %s", code, out)
+		}
+	}
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(context.Background(), `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload)
+VALUES ('order', '42', 'OrderPlaced', 'orders.placed', '{"id":42}'), ('order', '43', 'OrderPlaced', 'orders.placed', '{"id":43}')`); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runCmd(t, env, "status", "--json")
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, out)
+	}
+	var st map[string]any
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json is not one JSON object: %v: %s", err, out)
+	}
+	if st["pending"] != 2.0 || st["dead"] != 0.0 || st["oldest_pending_age_seconds"].(float64) <= 0 {
+		t.Fatalf("status %v, want pending 2, dead 0 and a positive age", st)
+	}
+	if strings.Contains(out, "s3cret") {
+		t.Fatalf("status shows the password: %s", out)
+	}
+	if code, out := runCmd(t, env, "status"); code != 0 || !strings.Contains(out, "pending               2") {
+		t.Fatalf("status: exit %d: %s", code, out)
+	}
+
+	// A schema-qualified table: migrate creates it in that schema.
+	if _, err := pool.Exec(context.Background(), `CREATE SCHEMA svc`); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := runCmd(t, append(env, "RELAY_TABLE=svc.outbox"), "migrate"); code != 0 {
+		t.Fatalf("migrate svc.outbox: exit %d: %s", code, out)
+	}
+	var exists bool
+	if err := pool.QueryRow(context.Background(), `SELECT to_regclass('svc.outbox') IS NOT NULL AND to_regclass('svc.outbox_relay_position') IS NOT NULL`).Scan(&exists); err != nil || !exists {
+		t.Fatalf("svc.outbox not created (%v)", err)
+	}
+}
+
+// TestSchemaAppliesTwiceWithPsql runs schema.sql the way teams will.
+func TestSchemaAppliesTwiceWithPsql(t *testing.T) {
+	t.Parallel()
+	psql, err := exec.LookPath("psql")
+	if err != nil {
+		t.Fatal("psql not found; it comes with the postgresql package that make test installs")
+	}
+	dbURL := testenv.EmptyDatabase(t)
+	for i := range 2 {
+		cmd := exec.Command(psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbURL, "-f", "-")
+		cmd.Stdin = strings.NewReader(outboxrelay.Schema)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("run %d: %v\n%s", i+1, err, out)
+		}
+	}
+	cmd := exec.Command(psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbURL, "-c",
+		`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload) VALUES ('order', '42', 'OrderPlaced', 'orders.placed', '{"id":42}')`)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the minimal insert from the spec failed: %v\n%s", err, out)
+	}
+	// Every object the schema creates is commented.
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	rows, err := pool.Query(context.Background(), `
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i') AND obj_description(c.oid, 'pg_class') IS NULL
+UNION ALL
+SELECT c.relname || '.' || a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE n.nspname = 'public' AND c.relkind = 'r' AND col_description(c.oid, a.attnum) IS NULL
+UNION ALL
+SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'public' AND obj_description(p.oid, 'pg_proc') IS NULL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		t.Errorf("%s has no comment", name)
+	}
+}

@@ -1,0 +1,104 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Writer commits events for its own aggregates, one transaction at a time,
+// so commit order per aggregate is the order it assigns sequence numbers.
+// Several Writers on one table commit concurrently and out of id order.
+type Writer struct {
+	Pool       *pgxpool.Pool
+	Ledger     *Ledger
+	Name       string        // aggregate ids are Name-0 .. Name-(Aggregates-1)
+	Aggregates int           // default 4
+	RoutingKey string        // default "events"
+	PerTx      int           // events per transaction, default 1
+	Rollback   float64       // fraction of transactions rolled back
+	Pause      time.Duration // upper bound of a random pause inside each transaction
+	seq        map[string]int
+}
+
+// Run writes until ctx ends or a database error occurs; errors caused by
+// ctx ending are not reported. A transaction whose commit fails with an
+// unknown outcome stops the writer with an error, since the ledger could not
+// tell whether it committed.
+func (w *Writer) Run(ctx context.Context) error {
+	if w.Aggregates == 0 {
+		w.Aggregates = 4
+	}
+	if w.RoutingKey == "" {
+		w.RoutingKey = "events"
+	}
+	if w.PerTx == 0 {
+		w.PerTx = 1
+	}
+	w.seq = map[string]int{}
+	for ctx.Err() == nil {
+		if err := w.one(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// one writes one transaction.
+func (w *Writer) one(ctx context.Context) error {
+	tx, err := w.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("writer %s: begin: %w", w.Name, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	type written struct {
+		id string
+		p  Payload
+	}
+	var batch []written
+	next := map[string]int{}
+	for range w.PerTx {
+		agg := fmt.Sprintf("%s-%d", w.Name, rand.N(w.Aggregates))
+		if _, ok := next[agg]; !ok {
+			next[agg] = w.seq[agg]
+		}
+		p := Payload{Agg: agg, Seq: next[agg]}
+		body, _ := json.Marshal(p)
+		var id string
+		if err := tx.QueryRow(ctx, `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload)
+VALUES ('ledger', $1, 'Tested', $2, $3) RETURNING event_id::text`, agg, w.RoutingKey, body).Scan(&id); err != nil {
+			return fmt.Errorf("writer %s: insert: %w", w.Name, err)
+		}
+		next[agg]++
+		batch = append(batch, written{id, p})
+	}
+	if w.Pause > 0 {
+		time.Sleep(time.Duration(rand.N(int64(w.Pause))))
+	}
+	if rand.Float64() < w.Rollback {
+		for range batch {
+			w.Ledger.RolledBack()
+		}
+		return tx.Rollback(ctx)
+	}
+	// Commit even if ctx ends now: an interrupted commit has an unknown
+	// outcome, which the ledger cannot record.
+	if err := tx.Commit(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("writer %s: commit (outcome unknown): %w", w.Name, err)
+	}
+	for _, e := range batch {
+		w.Ledger.Committed(e.id, e.p)
+	}
+	for agg, n := range next {
+		w.seq[agg] = n
+	}
+	return nil
+}
