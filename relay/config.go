@@ -23,9 +23,9 @@ type Config struct {
 	// Exchange receives rows whose exchange column is NULL.
 	Exchange string
 
-	// BatchSize is how many rows one round reads and publishes. It is also
-	// the in-flight window: at most this many messages await confirms, and
-	// at most this many are republished after a crash.
+	// BatchSize is the most rows one read returns and one Publish call
+	// sends. Up to two batches await confirms at once (the in-flight
+	// window), so a crash republishes at most 2 × BatchSize rows.
 	BatchSize int
 
 	// PollInterval is the longest the relay waits between reads when the
@@ -65,6 +65,9 @@ type Hooks struct {
 	// RoundFailed runs after a failed round, before the backoff.
 	RoundFailed func(err error)
 }
+
+// window is the most rows awaiting confirms at once.
+func (c Config) window() int { return 2 * c.BatchSize }
 
 // ConfigError names the Config field that is wrong and why.
 type ConfigError struct {

@@ -24,23 +24,38 @@ type Store interface {
 
 // Publisher sends messages to the broker with publisher confirms.
 type Publisher interface {
-	// Publish sends msgs in order on one channel and waits until each is
-	// confirmed, returned or nacked, or ctx ends. It returns how many of
-	// the leading messages the broker confirmed without returning them; a
-	// result below len(msgs) comes with the reason.
-	Publish(ctx context.Context, msgs []Message) (confirmed int, err error)
+	// Publish sends msgs in order, after every message of earlier calls,
+	// and returns without waiting for the broker. The Confirmation reports
+	// the outcome; a failure to send is reported there too.
+	Publish(ctx context.Context, msgs []Message) Confirmation
+	// Reset abandons everything in flight: Confirmations not yet waited
+	// for become meaningless and the next Publish starts afresh (a new
+	// channel). The core calls it after any failure, before publishing
+	// again from the recorded position.
+	Reset()
 }
 
-// ErrShutdownTimeout means Run stopped before the round in flight was
-// confirmed and recorded: its rows will be published again at the next
-// start.
-var ErrShutdownTimeout = errors.New("shutdown timeout: stopped before the round in flight was confirmed and recorded")
+// Confirmation is the broker's answer for one Publish call.
+type Confirmation interface {
+	// Done is closed when the answer is likely complete; Wait may still
+	// block briefly for confirms that arrive out of order.
+	Done() <-chan struct{}
+	// Wait waits for every message to be confirmed, returned or nacked, or
+	// for ctx. It returns how many leading messages the broker confirmed
+	// without returning them; fewer than were sent come with the reason.
+	Wait(ctx context.Context) (confirmed int, err error)
+}
 
 // ErrPositionAhead means the recorded position or rows of the outbox are
 // ahead of the database's transaction counter, as after a restore or a
 // logical copy to a new server. Reading on would skip rows, so the relay
 // refuses to start.
 var ErrPositionAhead = errors.New("outbox is ahead of the database's transaction counter")
+
+// ErrShutdownTimeout means Run stopped before every message in flight was
+// confirmed and recorded: those rows will be published again at the next
+// start.
+var ErrShutdownTimeout = errors.New("shutdown timeout: stopped before every message in flight was confirmed and recorded")
 
 // Relay moves committed outbox rows to the broker. Create it with New and
 // call Run once.
@@ -49,7 +64,7 @@ type Relay struct {
 	store Store
 	pub   Publisher
 	log   *slog.Logger
-	pos   Position
+	pos   Position // recorded position
 }
 
 // New returns a Relay, or the first configuration problem.
@@ -61,30 +76,36 @@ func New(cfg Config, store Store, pub Publisher) (*Relay, error) {
 	return &Relay{cfg: cfg, store: store, pub: pub, log: cfg.Logger}, nil
 }
 
-// Run publishes until ctx is cancelled, then finishes the round in flight:
-// it waits up to ShutdownTimeout for outstanding confirms and records them,
-// so a clean stop leaves nothing to republish. It returns nil after a clean
-// stop, an error wrapping ErrPositionAhead if the store refuses to start, or
-// the reason the last round could not be finished in time.
+// Run publishes until ctx is cancelled, then stops reading and waits up to
+// ShutdownTimeout for the confirms of messages in flight, records them and
+// returns nil, so a clean stop leaves nothing to publish twice. It returns
+// ErrShutdownTimeout if the confirms did not come in time, or an error
+// wrapping ErrPositionAhead if the store refuses to start.
 //
-// Run never returns because a server is down: it retries with backoff.
+// Run never returns because a server is down: it retries with capped,
+// jittered backoff and logs once when it fails and once when it recovers.
 func (r *Relay) Run(ctx context.Context) error {
 	if err := r.start(ctx); err != nil {
 		return err
 	}
+	finish, cancel := drainContext(ctx, r.cfg.ShutdownTimeout)
+	defer cancel()
+
+	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll}
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
-	idle := r.cfg.MinPoll
 	var failing error
-	for ctx.Err() == nil {
-		n, err := r.runOnce(ctx)
-		if err != nil {
-			if errors.Is(err, ErrShutdownTimeout) {
-				return err
-			}
+	for {
+		err := p.step(ctx, finish)
+		switch {
+		case errors.Is(err, errStopped):
+			r.log.Info("stopped", "position", r.pos.String())
+			return nil
+		case errors.Is(err, ErrShutdownTimeout):
+			return err
+		case err != nil:
+			p.reset()
 			if ctx.Err() != nil {
-				// Stopping, and the round failed before anything
-				// was confirmed-but-unrecorded that waiting could
-				// save: its rows are simply still pending.
+				// Stopping: what failed is simply still pending.
 				r.log.Info("stopped after a failed round", "err", err, "position", r.pos.String())
 				return nil
 			}
@@ -95,27 +116,13 @@ func (r *Relay) Run(ctx context.Context) error {
 			if h := r.cfg.Hooks.RoundFailed; h != nil {
 				h(err)
 			}
-			r.sleep(ctx, retry.next(), false)
-			continue
-		}
-		if failing != nil {
+			r.sleep(ctx, retry.next())
+		case p.progressed && failing != nil:
 			r.log.Info("publishing recovered", "position", r.pos.String())
 			failing = nil
-		}
-		retry.reset()
-		switch {
-		case n == r.cfg.BatchSize:
-			idle = r.cfg.MinPoll // a full batch: more are likely waiting
-		case n > 0:
-			idle = r.cfg.MinPoll
-			r.sleep(ctx, idle, true)
-		default:
-			r.sleep(ctx, idle, true)
-			idle = min(idle*2, r.cfg.PollInterval)
+			retry.reset()
 		}
 	}
-	r.log.Info("stopped", "position", r.pos.String())
-	return nil
 }
 
 // start reads the recorded position, retrying while the store is
@@ -136,78 +143,15 @@ func (r *Relay) start(ctx context.Context) error {
 			return nil // stopped before starting: nothing in flight
 		}
 		r.log.Warn("cannot start yet; retrying", "err", err)
-		r.sleep(ctx, retry.next(), false)
+		r.sleep(ctx, retry.next())
 	}
 }
 
-// runOnce reads one batch after the recorded position, publishes it, and
-// records the confirmed prefix. It returns how many rows were read.
-func (r *Relay) runOnce(ctx context.Context) (int, error) {
-	rows, err := r.store.Read(ctx, r.pos, r.cfg.BatchSize)
-	if err != nil {
-		if ctx.Err() != nil {
-			return 0, nil // stopping, and nothing is in flight
-		}
-		return 0, fmt.Errorf("read outbox: %w", err)
-	}
-	if len(rows) == 0 {
-		return 0, nil
-	}
-
-	msgs := make([]Message, 0, len(rows))
-	var mapErr error
-	for i := range rows {
-		m, err := NewMessage(&rows[i], r.cfg.Exchange)
-		if err != nil {
-			mapErr = err // publish the rows before it; it stops the round
-			break
-		}
-		msgs = append(msgs, m)
-	}
-
-	// Once messages are out, finish the round even if ctx is cancelled:
-	// recording their confirms is what keeps a clean stop duplicate-free.
-	finish, cancel := drainContext(ctx, r.cfg.ShutdownTimeout)
-	defer cancel()
-
-	confirmed := 0
-	var pubErr error
-	if len(msgs) > 0 {
-		confirmed, pubErr = r.pub.Publish(finish, msgs)
-	}
-	if errors.Is(context.Cause(finish), ErrShutdownTimeout) {
-		return 0, fmt.Errorf("%w (%d of %d rows confirmed)", ErrShutdownTimeout, confirmed, len(msgs))
-	}
-	if confirmed > 0 {
-		pos := rows[confirmed-1].Position()
-		if err := r.store.Record(finish, pos); err != nil {
-			return 0, fmt.Errorf("record position %s: %w", pos, err)
-		}
-		r.pos = pos
-		if h := r.cfg.Hooks.Recorded; h != nil {
-			h(pos, confirmed)
-		}
-	}
-	if pubErr != nil {
-		return 0, fmt.Errorf("publish: %w", pubErr)
-	}
-	if mapErr != nil {
-		return 0, mapErr
-	}
-	return len(rows), nil
-}
-
-// sleep waits for d, for ctx, or, when wakeable, for a wake-up.
-func (r *Relay) sleep(ctx context.Context, d time.Duration, wakeable bool) {
+func (r *Relay) sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	var wake <-chan struct{}
-	if wakeable {
-		wake = r.cfg.Wake
-	}
 	select {
 	case <-t.C:
-	case <-wake:
 	case <-ctx.Done():
 	}
 }
@@ -225,4 +169,13 @@ func drainContext(parent context.Context, timeout time.Duration) (context.Contex
 		stop()
 		cancel(nil)
 	}
+}
+
+// errorf wraps err, keeping ErrShutdownTimeout visible when it caused it.
+func errorf(ctx context.Context, format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	if cause := context.Cause(ctx); errors.Is(cause, ErrShutdownTimeout) {
+		return fmt.Errorf("%w: %w", cause, err)
+	}
+	return err
 }

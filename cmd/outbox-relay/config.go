@@ -21,7 +21,7 @@ type env struct {
 	AMQPURL         string        `envconfig:"AMQP_URL" desc:"amqp:// or amqps:// URL; a comma-separated list for a cluster, tried in turn. Required by run."`
 	Table           string        `envconfig:"TABLE" default:"outbox" desc:"Outbox table, optionally schema-qualified (plain identifiers only)."`
 	Exchange        string        `envconfig:"EXCHANGE" default:"" desc:"Exchange for rows whose exchange is NULL; empty is the default exchange."`
-	BatchSize       int           `envconfig:"BATCH_SIZE" default:"500" desc:"Rows read and published per round; also the most messages awaiting confirms, and so the most republished after a crash."`
+	BatchSize       int           `envconfig:"BATCH_SIZE" default:"500" desc:"Most rows read and published at a time. Up to two batches await confirms at once, so a crash republishes at most 2 x RELAY_BATCH_SIZE rows."`
 	PollInterval    time.Duration `envconfig:"POLL_INTERVAL" default:"100ms" desc:"Longest wait between reads of an idle outbox. After finding rows the relay polls again within 1ms, doubling the wait while nothing arrives."`
 	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a row is dead. Validated; not yet used: this version retries a failing row until it succeeds."`
 	LeaseTimeout    time.Duration `envconfig:"LEASE_TIMEOUT" default:"10s" desc:"How long a dead replica's lease blocks others. Validated; not yet used: run one replica per outbox table."`

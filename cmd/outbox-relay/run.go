@@ -92,6 +92,7 @@ func newMain(e *env, log *slog.Logger) (*Main, error) {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	brokerCfg.Logger = log
+	brokerCfg.Window = 2 * relayCfg.BatchSize
 	if m.broker, err = rabbitmq.New(brokerCfg); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("open broker: %w", err)

@@ -22,6 +22,9 @@ type Config struct {
 	DialTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval. Zero means 10 s.
 	Heartbeat time.Duration
+	// Window is the most messages the caller keeps awaiting confirms; it
+	// sizes the buffer of returned messages. Zero means 1000.
+	Window int
 	// Name is shown as the connection name in the management UI.
 	Name string
 	// Logger receives connection state changes. Nil discards.
@@ -56,6 +59,9 @@ func (c Config) Validate() error {
 		if err := checkURL(u); err != nil {
 			return &relay.ConfigError{Field: "URLs", Problem: err.Error()}
 		}
+	}
+	if c.Window < 0 {
+		return &relay.ConfigError{Field: "Window", Problem: "must not be negative"}
 	}
 	if c.DialTimeout < 0 || c.Heartbeat < 0 {
 		return &relay.ConfigError{Field: "DialTimeout", Problem: "must not be negative"}
@@ -102,10 +108,42 @@ type Broker struct {
 	next int // index of the URL to try first
 }
 
-// channel is a confirm-mode channel with its return queue.
+// channel is a confirm-mode channel with its returned messages.
 type channel struct {
 	*amqp.Channel
 	returns chan amqp.Return
+
+	mu   sync.Mutex
+	back map[string]amqp.Return // returned, by message id, not yet claimed
+}
+
+func (c *channel) returned(r amqp.Return) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.back[r.MessageId] = r
+}
+
+// drainReturns moves queued returns into the map without blocking.
+func (c *channel) drainReturns() {
+	for {
+		select {
+		case r, ok := <-c.returns:
+			if !ok {
+				return
+			}
+			c.returned(r)
+		default:
+			return
+		}
+	}
+}
+
+func (c *channel) takeReturn(id string) (amqp.Return, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.back[id]
+	delete(c.back, id)
+	return r, ok
 }
 
 // New returns a Broker. It does not connect yet.
@@ -118,6 +156,9 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = 10 * time.Second
+	}
+	if cfg.Window == 0 {
+		cfg.Window = 1000
 	}
 	if cfg.Name == "" {
 		cfg.Name = "outbox-relay"
@@ -147,6 +188,16 @@ func (b *Broker) dropLocked() error {
 		return nil
 	}
 	return err
+}
+
+// dropChannel closes ch and forgets it if it is still the current channel.
+func (b *Broker) dropChannel(ch *channel) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch == ch {
+		b.ch = nil
+	}
+	_ = ch.Close()
 }
 
 // channel returns the open confirm-mode channel, connecting first if needed.
@@ -229,7 +280,8 @@ func (b *Broker) openChannel(conn *amqp.Connection) (*channel, error) {
 		_ = ch.Close()
 		return nil, fmt.Errorf("enable confirms: %w", err)
 	}
-	// Returns are read while confirms are awaited, so a small buffer is
-	// enough: the client's reader never waits on it for long.
-	return &channel{Channel: ch, returns: ch.NotifyReturn(make(chan amqp.Return, 64))}, nil
+	// Returns are read while confirms are awaited; the buffer covers the
+	// relay's largest in-flight window, so the client's reader, which
+	// also delivers confirms, never waits on it.
+	return &channel{Channel: ch, returns: ch.NotifyReturn(make(chan amqp.Return, b.cfg.Window)), back: map[string]amqp.Return{}}, nil
 }

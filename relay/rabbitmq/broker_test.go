@@ -28,6 +28,11 @@ func newBroker(t *testing.T, urls ...string) *Broker {
 	return b
 }
 
+// publish sends msgs and waits for the broker's answer.
+func publish(b *Broker, msgs []relay.Message) (int, error) {
+	return b.Publish(context.Background(), msgs).Wait(context.Background())
+}
+
 func message(i int, exchange, key string) relay.Message {
 	return relay.Message{
 		Exchange: exchange, RoutingKey: key,
@@ -92,7 +97,7 @@ func TestPublishConfirmedWithEveryProperty(t *testing.T) {
 	b := newBroker(t, env.URL)
 
 	msgs := []relay.Message{message(1, "amq.direct", "k"), message(2, "amq.direct", "k"), message(3, "amq.direct", "k")}
-	n, err := b.Publish(context.Background(), msgs)
+	n, err := publish(b, msgs)
 	if n != 3 || err != nil {
 		t.Fatalf("Publish = %d, %v; want 3, nil", n, err)
 	}
@@ -114,13 +119,13 @@ func TestUnroutableIsNotConfirmed(t *testing.T) {
 	b := newBroker(t, env.URL)
 
 	msgs := []relay.Message{message(1, "amq.direct", "bound"), message(2, "amq.direct", "nobody"), message(3, "amq.direct", "bound")}
-	n, err := b.Publish(context.Background(), msgs)
+	n, err := publish(b, msgs)
 	var ret *ReturnedError
 	if n != 1 || !errors.As(err, &ret) || ret.MessageID != msgs[1].MessageID || ret.Code != 312 {
 		t.Fatalf("Publish = %d, %v; want 1 and the second message returned with 312 NO_ROUTE", n, err)
 	}
 	// The channel stays usable.
-	if n, err := b.Publish(context.Background(), msgs[2:]); n != 1 || err != nil {
+	if n, err := publish(b, msgs[2:]); n != 1 || err != nil {
 		t.Fatalf("Publish after a return = %d, %v", n, err)
 	}
 	consume(t, env.Dial(t), queue, 3) // 1 and 3, then 3 again: the core republishes after a failure
@@ -135,11 +140,11 @@ func TestMissingExchangeClosesOnlyTheChannel(t *testing.T) {
 	// The 404 closes the channel, usually before the first message's confirm
 	// (the broker confirms persistent messages after writing them), so the
 	// first is confirmed or in doubt, never reported lost.
-	n, err := b.Publish(context.Background(), []relay.Message{message(1, "amq.direct", "k"), message(2, "no-such-exchange", "k")})
+	n, err := publish(b, []relay.Message{message(1, "amq.direct", "k"), message(2, "no-such-exchange", "k")})
 	if n > 1 || err == nil {
 		t.Fatalf("Publish = %d, %v; want at most 1 and an error", n, err)
 	}
-	n, err = b.Publish(context.Background(), []relay.Message{message(1, "amq.direct", "k"), message(3, "amq.direct", "k")})
+	n, err = publish(b, []relay.Message{message(1, "amq.direct", "k"), message(3, "amq.direct", "k")})
 	if n != 2 || err != nil {
 		t.Fatalf("Publish on a fresh channel = %d, %v", n, err)
 	}
@@ -156,7 +161,7 @@ func TestReconnectsAfterConnectionsClosed(t *testing.T) {
 	queue := env.DeclareQueue(t, "", "q")
 	_ = queue
 	b := newBroker(t, env.URL)
-	if n, err := b.Publish(context.Background(), []relay.Message{message(1, "", "q")}); n != 1 || err != nil {
+	if n, err := publish(b, []relay.Message{message(1, "", "q")}); n != 1 || err != nil {
 		t.Fatalf("Publish = %d, %v", n, err)
 	}
 	// The management API lists a connection a little after it opens.
@@ -170,7 +175,7 @@ func TestReconnectsAfterConnectionsClosed(t *testing.T) {
 	// The closed connection fails at most one call; later calls reconnect.
 	published := 0
 	for i := 2; published == 0 && i < 100; i++ {
-		n, _ := b.Publish(context.Background(), []relay.Message{message(i, "", "q")})
+		n, _ := publish(b, []relay.Message{message(i, "", "q")})
 		published += n
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -184,12 +189,12 @@ func TestTriesEveryURL(t *testing.T) {
 	env := testenv.NewBroker(t)
 	env.DeclareQueue(t, "", "q")
 	b := newBroker(t, "amqp://guest:secret@127.0.0.1:1/", env.URL)
-	if n, err := b.Publish(context.Background(), []relay.Message{message(1, "", "q")}); n != 1 || err != nil {
+	if n, err := publish(b, []relay.Message{message(1, "", "q")}); n != 1 || err != nil {
 		t.Fatalf("Publish = %d, %v; want the second URL to be used", n, err)
 	}
 
 	dead := newBroker(t, "amqp://guest:secret@127.0.0.1:1/", "amqp://guest:secret@127.0.0.1:2/")
-	_, err := dead.Publish(context.Background(), []relay.Message{message(1, "", "q")})
+	_, err := publish(dead, []relay.Message{message(1, "", "q")})
 	if err == nil {
 		t.Fatal("Publish with no reachable broker succeeded")
 	}

@@ -29,17 +29,14 @@ func (e *ReturnedError) Error() string {
 // responsibility for it (an internal error in the queue).
 var ErrNacked = errors.New("broker nacked the message")
 
-// Publish implements relay.Publisher. It publishes msgs in order, waits for
-// every confirm (or for ctx), and returns the length of the leading run that
-// was acked and not returned. Any failure other than a return or nack
-// replaces the channel, so the next call starts on a fresh one.
-func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) (int, error) {
+// Publish implements relay.Publisher: it sends msgs on the current
+// confirm-mode channel, persistent and mandatory, and returns at once.
+func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
 	ch, err := b.channel()
 	if err != nil {
-		return 0, err
+		return &confirmation{b: b, sendErr: err, done: closedChan}
 	}
-	confirms := make([]*amqp.DeferredConfirmation, 0, len(msgs))
-	var pubErr error
+	c := &confirmation{b: b, ch: ch, ids: make([]string, 0, len(msgs)), dcs: make([]*amqp.DeferredConfirmation, 0, len(msgs))}
 	for i := range msgs {
 		m := &msgs[i]
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, true, false, amqp.Publishing{
@@ -52,89 +49,97 @@ func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) (int, error)
 			Body:         m.Body,
 		})
 		if err != nil {
-			pubErr = fmt.Errorf("publish message %s: %w", m.MessageID, err)
+			c.sendErr = fmt.Errorf("publish message %s: %w", m.MessageID, err)
+			b.dropChannel(ch)
 			break
 		}
-		confirms = append(confirms, dc)
+		c.ids = append(c.ids, m.MessageID)
+		c.dcs = append(c.dcs, dc)
 	}
+	c.done = closedChan
+	if len(c.dcs) > 0 && c.sendErr == nil {
+		c.done = c.dcs[len(c.dcs)-1].Done()
+	}
+	return c
+}
 
-	// Wait for confirms in order, reading returns meanwhile.
-	returned := map[string]amqp.Return{}
-	readReturn := func(r amqp.Return, ok bool) {
-		if ok {
-			returned[r.MessageId] = r
-		}
+// Reset implements relay.Publisher: it closes the current channel, so the
+// next Publish starts on a fresh one with no confirms or returns pending.
+func (b *Broker) Reset() {
+	b.mu.Lock()
+	ch := b.ch
+	b.mu.Unlock()
+	if ch != nil {
+		b.dropChannel(ch)
 	}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// confirmation is one Publish call's answer.
+type confirmation struct {
+	b       *Broker
+	ch      *channel
+	ids     []string // message ids sent, in order
+	dcs     []*amqp.DeferredConfirmation
+	sendErr error // why fewer messages were sent than asked
+	done    <-chan struct{}
+}
+
+func (c *confirmation) Done() <-chan struct{} { return c.done }
+
+// Wait implements relay.Confirmation. It reads returns while it waits, so
+// the client never blocks on a full return queue.
+func (c *confirmation) Wait(ctx context.Context) (int, error) {
 	acked := 0
-	var waitErr error
+	var err error
 wait:
-	for i, dc := range confirms {
+	for i, dc := range c.dcs {
 		for {
 			select {
 			case <-dc.Done():
-				if !dc.Acked() {
-					// A closing channel resolves every outstanding
-					// confirm as a nack; report it as what it is.
-					if ch.IsClosed() {
-						waitErr = fmt.Errorf("channel closed before message %s was confirmed: %w", msgs[i].MessageID, amqp.ErrClosed)
-					} else {
-						waitErr = fmt.Errorf("message %s: %w", msgs[i].MessageID, ErrNacked)
-					}
-					break wait
+				if dc.Acked() {
+					acked++
+					continue wait
 				}
-				acked++
-				continue wait
-			case r, ok := <-ch.returns:
-				readReturn(r, ok)
+				// A closing channel resolves every outstanding confirm
+				// as a nack; report it as what it is.
+				if c.ch.IsClosed() {
+					err = fmt.Errorf("channel closed before message %s was confirmed: %w", c.ids[i], amqp.ErrClosed)
+				} else {
+					err = fmt.Errorf("message %s: %w", c.ids[i], ErrNacked)
+				}
+				break wait
+			case r, ok := <-c.ch.returns:
+				if ok {
+					c.ch.returned(r)
+				}
 			case <-ctx.Done():
-				waitErr = fmt.Errorf("waiting for confirms: %w", ctx.Err())
+				err = fmt.Errorf("waiting for confirms: %w", context.Cause(ctx))
 				break wait
 			}
 		}
 	}
-	// A return precedes its ack, so every return of an acked message is
-	// already queued.
-	for drained := false; !drained; {
-		select {
-		case r, ok := <-ch.returns:
-			readReturn(r, ok)
-			drained = !ok
-		default:
-			drained = true
-		}
-	}
-
 	n := acked
-	for i := 0; i < acked; i++ {
-		if r, ok := returned[msgs[i].MessageID]; ok {
-			n = i
-			waitErr = &ReturnedError{MessageID: r.MessageId, Exchange: r.Exchange, RoutingKey: r.RoutingKey, Code: r.ReplyCode, Text: r.ReplyText}
-			break
+	if c.ch != nil {
+		// A return precedes its message's ack, so the returns of every
+		// acked message are queued by now.
+		c.ch.drainReturns()
+		for i := range acked {
+			if r, ok := c.ch.takeReturn(c.ids[i]); ok {
+				n = i
+				err = &ReturnedError{MessageID: r.MessageId, Exchange: r.Exchange, RoutingKey: r.RoutingKey, Code: r.ReplyCode, Text: r.ReplyText}
+				break
+			}
 		}
 	}
-	if n == len(msgs) {
-		return n, nil
+	if err == nil && n == len(c.dcs) {
+		err = c.sendErr
 	}
-	if ch.IsClosed() || pubErr != nil || ctx.Err() != nil {
-		// The channel is unusable or holds unconfirmed messages: start
-		// the next call on a fresh one.
-		b.dropChannel(ch)
+	if err != nil && c.ch != nil {
+		// Whatever follows on this channel is in doubt or out of order:
+		// the core republishes from its recorded position on a new one.
+		c.b.dropChannel(c.ch)
 	}
-	if waitErr == nil {
-		waitErr = pubErr
-	}
-	if waitErr == nil && ch.IsClosed() {
-		waitErr = amqp.ErrClosed
-	}
-	return n, waitErr
-}
-
-// dropChannel discards ch if it is still the current channel.
-func (b *Broker) dropChannel(ch *channel) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ch == ch {
-		_ = ch.Close()
-		b.ch = nil
-	}
+	return n, err
 }

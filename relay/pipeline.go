@@ -1,0 +1,206 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// errStopped ends Run after a clean stop.
+var errStopped = errors.New("stopped")
+
+// flight is one Publish call awaiting its confirms.
+type flight struct {
+	rows []Row
+	conf Confirmation
+}
+
+// pipeline keeps a sliding window of published rows awaiting confirms: it
+// reads and publishes while fewer than Window rows are in flight, and
+// records the position as the oldest flights are confirmed. Reading ahead of
+// the recorded position never loses rows: after any failure the pipeline
+// discards everything in flight and reads again from the recorded position.
+type pipeline struct {
+	r          *Relay
+	cursor     Position // last row published (read position)
+	flights    []flight
+	inFlight   int // rows in flights
+	readDue    bool
+	idle       time.Duration // next wait for an empty outbox
+	timer      *time.Timer
+	progressed bool // the last step recorded rows
+}
+
+// step does one unit of work: read and publish one batch, or record the
+// flights that are confirmed, or wait for one of those to be possible.
+func (p *pipeline) step(ctx, finish context.Context) error {
+	p.progressed = false
+	stopping := ctx.Err() != nil
+	if stopping && len(p.flights) == 0 {
+		return errStopped
+	}
+	if !stopping && p.readDue && p.inFlight < p.r.cfg.window() {
+		return p.publish(ctx)
+	}
+	var done <-chan struct{}
+	if len(p.flights) > 0 {
+		done = p.flights[0].conf.Done()
+	}
+	var wake, stop <-chan struct{}
+	var tick <-chan time.Time
+	if !stopping {
+		stop = ctx.Done()
+		if !p.readDue {
+			wake = p.r.cfg.Wake
+			tick = p.pollTimer()
+		}
+	}
+	select {
+	case <-done:
+		return p.record(finish)
+	case <-finish.Done():
+		return p.record(finish) // reports the shutdown timeout
+	case <-tick:
+		p.readDue = true
+	case <-wake:
+		p.readDue = true
+	case <-stop:
+	}
+	return nil
+}
+
+// publish reads up to a batch after the cursor and publishes it.
+func (p *pipeline) publish(ctx context.Context) error {
+	cfg := p.r.cfg
+	limit := min(cfg.BatchSize, cfg.window()-p.inFlight)
+	rows, err := p.r.store.Read(ctx, p.cursor, limit)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopping; nothing new is in flight
+		}
+		return errorf(ctx, "read outbox: %w", err)
+	}
+	switch {
+	case len(rows) == limit:
+		p.idle = cfg.MinPoll // more are likely waiting: read again now
+	case len(rows) > 0:
+		p.readDue, p.idle = false, cfg.MinPoll
+		p.armPoll(cfg.MinPoll)
+	default:
+		p.readDue = false
+		p.armPoll(p.idle)
+		p.idle = min(p.idle*2, cfg.PollInterval)
+		return nil
+	}
+
+	msgs := make([]Message, 0, len(rows))
+	for i := range rows {
+		m, err := NewMessage(&rows[i], cfg.Exchange)
+		if err != nil {
+			// Publish what precedes the bad row; the flight of the
+			// bad row fails once those are recorded.
+			p.push(ctx, rows[:i], msgs)
+			p.flights = append(p.flights, flight{conf: failed{err}})
+			return nil
+		}
+		msgs = append(msgs, m)
+	}
+	p.push(ctx, rows, msgs)
+	return nil
+}
+
+func (p *pipeline) push(ctx context.Context, rows []Row, msgs []Message) {
+	if len(rows) == 0 {
+		return
+	}
+	// A batch that was read is sent whole even if a stop arrives now; the
+	// stop then waits for its confirms like for any other flight.
+	p.flights = append(p.flights, flight{rows: rows, conf: p.r.pub.Publish(context.WithoutCancel(ctx), msgs)})
+	p.inFlight += len(rows)
+	p.cursor = rows[len(rows)-1].Position()
+}
+
+// record waits for the oldest flight and every later one that is already
+// answered, then records the position once for all of them.
+func (p *pipeline) record(finish context.Context) error {
+	var recorded int
+	var failure error
+	pos := p.r.pos
+	for len(p.flights) > 0 {
+		f := p.flights[0]
+		if recorded > 0 && !closed(f.conf.Done()) {
+			break
+		}
+		n, err := f.conf.Wait(finish)
+		if n > 0 {
+			pos = f.rows[n-1].Position()
+			recorded += n
+		}
+		if err != nil {
+			failure = errorf(finish, "publish: %w", err)
+			break
+		}
+		p.flights = p.flights[1:]
+		p.inFlight -= len(f.rows)
+	}
+	if recorded > 0 {
+		rctx := finish
+		if finish.Err() != nil {
+			// Out of time, but what was confirmed is worth recording:
+			// it saves duplicates at the next start.
+			var cancel context.CancelFunc
+			rctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+		}
+		if err := p.r.store.Record(rctx, pos); err != nil {
+			return errorf(finish, "record position %s: %w", pos, errors.Join(err, failure))
+		}
+		p.r.pos = pos
+		p.progressed = true
+		if h := p.r.cfg.Hooks.Recorded; h != nil {
+			h(pos, recorded)
+		}
+	}
+	return failure
+}
+
+// reset discards everything in flight after a failure: publishing resumes
+// from the recorded position, on a fresh channel.
+func (p *pipeline) reset() {
+	p.r.pub.Reset()
+	p.flights, p.inFlight = nil, 0
+	p.cursor = p.r.pos
+	p.readDue = true
+}
+
+func (p *pipeline) armPoll(d time.Duration) {
+	if p.timer == nil {
+		p.timer = time.NewTimer(d)
+		return
+	}
+	p.timer.Reset(d)
+}
+
+func (p *pipeline) pollTimer() <-chan time.Time {
+	if p.timer == nil {
+		return nil
+	}
+	return p.timer.C
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// failed is the Confirmation of a flight that could not be published.
+type failed struct{ err error }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (f failed) Done() <-chan struct{}               { return closedChan }
+func (f failed) Wait(context.Context) (int, error) { return 0, f.err }
