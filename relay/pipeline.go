@@ -202,5 +202,5 @@ type failed struct{ err error }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func (f failed) Done() <-chan struct{}               { return closedChan }
+func (f failed) Done() <-chan struct{}             { return closedChan }
 func (f failed) Wait(context.Context) (int, error) { return 0, f.err }
