@@ -9,13 +9,24 @@ PKGS      ?= ./...
 
 export GOFLAGS
 
-.PHONY: build test vet fmt-check
+.PHONY: build test demo bench vet fmt-check
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
 
 test:
 	scripts/servers.sh run -- $(GO) test $(TESTFLAGS) $(PKGS)
+
+# demo runs the quickstart: servers, schema, relay, a sample service and a
+# consumer with a live count. DEMO_DURATION=30s stops it by itself.
+demo:
+	scripts/demo.sh
+
+# bench drains a backlog next to a raw amqp091-go publisher, measures
+# commit-to-delivery latency and the writer library; it prints figures and
+# asserts nothing about time.
+bench:
+	scripts/servers.sh run -- $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./relay/ ./outbox/
 
 vet:
 	$(GO) vet $(PKGS)
