@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Writer-side cost of the relay: what the outbox schema (txid xid8 default,
+# (txid, id) index, headers CHECK), the optional NOTIFY wake-up trigger and a
+# 1 ms poller cost the transactions that write to the outbox.
+#
+# Usage: scripts/writer-cost/run.sh [DURATION_S [ROUNDS [PORT]]]   (default 20 3 54329)
+#
+# Starts a throwaway PostgreSQL (initdb in a temp dir, Unix socket only, stock
+# durability: fsync=on, synchronous_commit=on), runs every variant once per
+# round, interleaved (A B C ... A B C ...), each with pgbench -c 16 -j 2 -T
+# DURATION, then prints a markdown table of median writer tps per variant.
+# The server, the LISTEN session and the temp dir are removed on exit.
+#
+# Environment: PGBIN (default /usr/lib/postgresql/15/bin), CLIENTS (16),
+# JOBS (2), VARIANTS (space-separated subset of the names below).
+#
+# Variants (each transaction: upsert one `orders` row + insert outbox row(s)
+# with a 256-byte payload, then COMMIT):
+#   A           outbox_plain: no txid column, no (txid,id) index, no CHECK
+#   B           schema.sql's outbox as is, no trigger
+#   C           B + statement-level outbox_notify trigger (one NOTIFY per transaction)
+#   D           B + row-level trigger notifying the new id (one NOTIFY per row, never folded)
+#   A10 .. D10  the same with 10 outbox rows per transaction (one multi-row INSERT)
+#   B+poll      B while one more session runs the relay's read every 1 ms, caught up
+#               (each read starts after the previous read's last row)
+#   B+pollfixed B while one more session runs the relay's read every 1 ms from a fixed
+#               position taken before the run (returns full 1000-row batches: a lagging relay)
+# A session LISTENs on outbox_relay throughout (as the relay always does) and
+# consumes notifications every 50 ms, so the notification queue never fills.
+set -euo pipefail
+
+DURATION=${1:-20}
+ROUNDS=${2:-3}
+PORT=${3:-54329}
+CLIENTS=${CLIENTS:-16}
+JOBS=${JOBS:-2}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+VARIANTS=${VARIANTS:-"A B C D A10 B10 C10 D10 B+poll B+pollfixed"}
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SCHEMA=$(cd "$HERE/../.." && pwd)/schema.sql
+
+# initdb and postgres refuse to run as root: use the postgres account then.
+as_server_user() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+TMP=$(mktemp -d /tmp/writer-cost.XXXXXX)
+DATA=$TMP/data
+LISTENER_PID=
+POLLER_PID=
+cleanup() {
+    set +e
+    [ -n "$POLLER_PID" ] && kill "$POLLER_PID" 2>/dev/null && wait "$POLLER_PID" 2>/dev/null
+    [ -n "$LISTENER_PID" ] && kill "$LISTENER_PID" 2>/dev/null && wait "$LISTENER_PID" 2>/dev/null
+    if [ -f "$DATA/postmaster.pid" ]; then
+        as_server_user "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$TMP"; fi
+chmod 755 "$TMP"
+
+as_server_user "$PGBIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+as_server_user "$PGBIN/pg_ctl" -D "$DATA" -l "$TMP/server.log" -w \
+    -o "-p $PORT -k $TMP -c listen_addresses=''" start >/dev/null
+
+CONN=(-h "$TMP" -p "$PORT" -U postgres)
+psql_() { "$PGBIN/psql" "${CONN[@]}" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+"$PGBIN/createdb" "${CONN[@]}" bench
+psql_ -d bench -f "$SCHEMA" >/dev/null
+psql_ -d bench -f "$HERE/setup.sql" >/dev/null
+
+# The relay's LISTEN session: \watch makes psql fetch (and drop) pending
+# notifications every 50 ms.
+"$PGBIN/psql" "${CONN[@]}" -X -q -d bench >/dev/null 2>&1 \
+    < <(printf 'LISTEN outbox_relay;\nSELECT 1 \\watch 0.05\n') &
+LISTENER_PID=$!
+
+writer_script() {   # variant -> pgbench file
+    case $1 in
+        A) echo write1_plain.sql ;;
+        A10) echo write10_plain.sql ;;
+        *10) echo write10_outbox.sql ;;
+        *) echo write1_outbox.sql ;;
+    esac
+}
+
+tps_of() { sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$1"; }
+
+run_variant() {   # variant -> appends "variant writer_tps [poller_qps]" to $TMP/results
+    local v=$1 out=$TMP/pgbench.out pollout=$TMP/poll.out pos
+    psql_ -d bench -f "$HERE/reset.sql" >/dev/null
+    case $v in
+        C|C10) psql_ -d bench -c 'CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();' ;;
+        D|D10) psql_ -d bench -c 'CREATE TRIGGER outbox_notify_row AFTER INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION outbox_notify_row();' ;;
+    esac
+    POLLER_PID=
+    case $v in
+        B+poll*)
+            # A recent position: this moment's txid and the last id handed out.
+            pos=$(psql_ -d bench -At -F ' ' -c "SELECT pg_current_xact_id(), coalesce((SELECT last_value FROM pg_sequences WHERE sequencename = 'outbox_id_seq'), 0)")
+            local pollsql=poll_follow.sql
+            [ "$v" = B+pollfixed ] && pollsql=poll_fixed.sql
+            "$PGBIN/pgbench" "${CONN[@]}" -n -M prepared -c 1 -j 1 -T "$DURATION" \
+                -D ptx="${pos% *}" -D pid="${pos#* }" -f "$HERE/$pollsql" bench >"$pollout" 2>&1 &
+            POLLER_PID=$!
+            ;;
+    esac
+    "$PGBIN/pgbench" "${CONN[@]}" -n -M prepared -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
+        -f "$HERE/$(writer_script "$v")" bench >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
+    local tps qps=
+    tps=$(tps_of "$out")
+    if [ -n "$POLLER_PID" ]; then
+        wait "$POLLER_PID" || { cat "$pollout" >&2; exit 1; }
+        POLLER_PID=
+        qps=$(tps_of "$pollout")
+    fi
+    [ -n "$tps" ] || { cat "$out" >&2; exit 1; }
+    case $v in   # the LISTEN session must keep the notification queue near empty
+        C*|D*) printf '  (notification queue usage after %s: %s)\n' "$v" \
+                   "$(psql_ -d bench -At -c 'SELECT pg_notification_queue_usage()')" >&2 ;;
+    esac
+    echo "$v $tps $qps" >>"$TMP/results"
+    printf '  %-12s %10s tps%s\n' "$v" "$tps" "${qps:+   poller $qps q/s}" >&2
+}
+
+echo "writer-cost: $("$PGBIN/postgres" --version), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)," \
+     "$CLIENTS clients, ${DURATION}s x $ROUNDS rounds" >&2
+for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r/$ROUNDS" >&2
+    for v in $VARIANTS; do run_variant "$v"; done
+done
+echo "done, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+# Medians (mean of the middle two for an even count), min, max per variant.
+stats() {   # variant column -> "median min max"
+    awk -v v="$1" -v c="$2" '$1 == v && $c != "" { print $c }' "$TMP/results" | sort -g |
+        awk '{ x[NR] = $1 } END { if (NR == 0) exit;
+             m = (NR % 2) ? x[(NR + 1) / 2] : (x[NR / 2] + x[NR / 2 + 1]) / 2;
+             printf "%.0f %.0f %.0f\n", m, x[1], x[NR] }'
+}
+base_of() { case $1 in *10) echo A10 ;; *) echo A ;; esac; }
+
+echo
+echo "pgbench -c $CLIENTS -j $JOBS -M prepared, ${DURATION} s per run, $ROUNDS rounds (interleaved); writer tps = transactions/s"
+echo
+echo "| variant | median tps | min | max | vs A (A10 for 10-row) | poller q/s (median) |"
+echo "|---|---:|---:|---:|---:|---:|"
+for v in $VARIANTS; do
+    read -r med min max < <(stats "$v" 2)
+    b=$(base_of "$v")
+    read -r bmed _ < <(stats "$b" 2 || true) || bmed=
+    ratio=-
+    if [ -n "${bmed:-}" ] && [ "$bmed" != 0 ]; then ratio=$(awk -v a="$med" -v b="$bmed" 'BEGIN { printf "%.3f", a / b }'); fi
+    q=-
+    if [[ $v == B+poll* ]]; then read -r q _ < <(stats "$v" 3); fi
+    echo "| $v | $med | $min | $max | $ratio | $q |"
+done
