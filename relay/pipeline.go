@@ -157,6 +157,7 @@ func (p *pipeline) record(finish context.Context) error {
 		}
 		p.r.pos = pos
 		p.progressed = true
+		p.r.log.Debug("recorded", "position", pos.String(), "rows", recorded)
 		if h := p.r.cfg.Hooks.Recorded; h != nil {
 			h(pos, recorded)
 		}

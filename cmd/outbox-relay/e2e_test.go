@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -78,11 +79,40 @@ func (r *rig) drained(t *testing.T) {
 	deadline := time.Now().Add(90 * time.Second)
 	for r.ledger.Distinct() < r.ledger.CommittedCount() {
 		if time.Now().After(deadline) {
-			t.Fatalf("not drained: %s", r.ledger.Report())
+			t.Fatalf("not drained: %s; %s", r.ledger.Report(), r.where(t))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(300 * time.Millisecond) // let stragglers (duplicates) land before counting
+}
+
+// where tells whether undelivered events are still in the outbox or in the
+// queue, to tell a relay fault from a consumer fault.
+func (r *rig) where(t *testing.T) string {
+	var pending int
+	if err := r.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox o, outbox_relay_position p
+		WHERE (o.txid, o.id) > (p.txid, p.id)`).Scan(&pending); err != nil {
+		return err.Error()
+	}
+	ch, err := r.broker.Dial(t).Channel()
+	if err != nil {
+		return err.Error()
+	}
+	q, err := ch.QueueDeclarePassive("events", true, false, false, false, nil)
+	if err != nil {
+		return err.Error()
+	}
+	var inTable, total int
+	var pos string
+	lost := r.ledger.Lost(50)
+	var where string
+	if err := r.pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM outbox WHERE event_id::text = ANY($1)),
+		(SELECT count(*) FROM outbox), (SELECT txid::text || '/' || id FROM outbox_relay_position),
+		(SELECT string_agg(txid::text || '/' || id, ' ' ORDER BY txid, id) FROM outbox WHERE event_id::text = ANY($1))`, lost).Scan(&inTable, &total, &pos, &where); err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("outbox rows after the position %s: %d (of %d; %d of %d lost sampled are in the table, at %s); queue: %d ready, %d consumers",
+		pos, pending, total, inTable, len(lost), where, q.Messages, q.Consumers)
 }
 
 func (r *rig) check(t *testing.T, maxDuplicates int) ledger.Report {
@@ -158,7 +188,7 @@ func TestRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T) {
 	for i := range 12 {
 		time.Sleep(time.Duration(100+rand.N(300)) * time.Millisecond)
 		if i%2 == 0 {
-			if n := r.broker.CloseConnections(t); n > 0 {
+			if n := r.broker.CloseConnections(t, "outbox-relay"); n > 0 {
 				faults++
 			}
 			continue
@@ -210,12 +240,14 @@ func TestSecondSignalAborts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	dialed := make(chan struct{}, 10)
 	conns.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			dialed <- struct{}{}
 			conns.Go(func() {
 				defer c.Close()
 				_, _ = c.Read(make([]byte, 1024))
@@ -226,9 +258,13 @@ func TestSecondSignalAborts(t *testing.T) {
 	env := []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=amqp://guest:mq-s3cret@" + ln.Addr().String() + "/"}
 
 	p := start(t, env)
-	p.waitLog("started", 30*time.Second)
+	select {
+	case <-dialed: // the relay is in the handshake now
+	case <-time.After(30 * time.Second):
+		t.Fatal("the relay never connected to the broker")
+	}
 	p.signal(syscall.SIGTERM)
-	time.Sleep(50 * time.Millisecond)
+	p.waitLog("stopping", 10*time.Second)
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(10 * time.Second); code != 1 {
 		t.Fatalf("exit %d after two signals, want 1", code)
@@ -240,7 +276,11 @@ func TestSecondSignalAborts(t *testing.T) {
 	// One signal waits for the broker attempt to end, then stops cleanly:
 	// nothing was in flight.
 	p = start(t, env)
-	p.waitLog("started", 30*time.Second)
+	select {
+	case <-dialed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the relay never connected to the broker")
+	}
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(30 * time.Second); code != 0 {
 		t.Fatalf("exit %d after one signal, want 0", code)

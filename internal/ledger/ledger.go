@@ -91,6 +91,19 @@ func (l *Ledger) CommittedCount() int {
 	return len(l.committed)
 }
 
+// Lost returns up to n committed events never delivered.
+func (l *Ledger) Lost(n int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ids []string
+	for id := range l.committed {
+		if l.delivered[id] == 0 && len(ids) < n {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // Report is the verdict.
 type Report struct {
 	Committed       int // events committed

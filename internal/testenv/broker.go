@@ -115,9 +115,11 @@ func (b *Broker) DeclareQueue(t testing.TB, exchange, routingKey string) string 
 	return name
 }
 
-// CloseConnections closes every client connection to the broker's virtual
-// host through the management API and returns how many it closed. Tests use
-// it to make the code under test lose its broker connection.
+// CloseConnections closes the client connections to the broker's virtual
+// host whose client-provided connection name is clientName (all of them when
+// it is empty) through the management API, and returns how many it closed.
+// Tests use it to make the code under test lose its broker connection while
+// their own consumers keep theirs.
 //
 // The management API lists a connection only once the node has emitted
 // statistics for it and the management agent has collected them, so a
@@ -126,16 +128,22 @@ func (b *Broker) DeclareQueue(t testing.TB, exchange, routingKey string) string 
 // shortens collect_statistics_interval and the sample retention policies)
 // and up to 10 s on a broker with default settings. A test that must close a
 // connection it just opened should retry until the count is nonzero.
-func (b *Broker) CloseConnections(t testing.TB) int {
+func (b *Broker) CloseConnections(t testing.TB, clientName string) int {
 	t.Helper()
 	var conns []struct {
-		Name string `json:"name"`
+		Name             string `json:"name"`
+		ClientProperties struct {
+			ConnectionName string `json:"connection_name"`
+		} `json:"client_properties"`
 	}
 	if err := b.api.do(t, "GET", "/api/vhosts/"+url.PathEscape(b.Vhost)+"/connections", nil, &conns); err != nil {
 		t.Fatalf("testenv: list connections of vhost %s: %v", b.Vhost, err)
 	}
 	closed := 0
 	for _, c := range conns {
+		if clientName != "" && c.ClientProperties.ConnectionName != clientName {
+			continue
+		}
 		err := b.api.do(t, "DELETE", "/api/connections/"+url.PathEscape(c.Name), nil, nil)
 		if errors.Is(err, errNotFound) {
 			continue // closed by its client meanwhile

@@ -98,7 +98,7 @@ func TestBroker(t *testing.T) {
 		}
 
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
-		waitFor(t, 20*time.Second, func() bool { return b.CloseConnections(t) > 0 })
+		waitFor(t, 20*time.Second, func() bool { return b.CloseConnections(t, "") > 0 })
 		select {
 		case <-closed:
 		case <-time.After(10 * time.Second):

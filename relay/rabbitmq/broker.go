@@ -102,11 +102,18 @@ func Redact(u string) string {
 type Broker struct {
 	cfg  Config
 	log  *slog.Logger
-	mu   sync.Mutex // guards conn, ch, next
+	mu   sync.Mutex // guards conn, ch, broken, next
 	conn *amqp.Connection
 	ch   *channel
-	next int // index of the URL to try first
+	// broken is set when the channel carrying messages fails. Nothing is
+	// published again until Reset: a later message sent on a new channel
+	// would overtake the failed ones, which the core republishes first.
+	broken bool
+	next   int // index of the URL to try first
 }
+
+// errAwaitingReset refuses to publish after a failure until Reset.
+var errAwaitingReset = errors.New("an earlier message failed on this channel; waiting for the relay to republish from its position")
 
 // channel is a confirm-mode channel with its returned messages.
 type channel struct {
@@ -190,12 +197,13 @@ func (b *Broker) dropLocked() error {
 	return err
 }
 
-// dropChannel closes ch and forgets it if it is still the current channel.
-func (b *Broker) dropChannel(ch *channel) {
+// fail closes ch after a failure and, if it is the current channel, stops
+// publishing until Reset.
+func (b *Broker) fail(ch *channel) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.ch == ch {
-		b.ch = nil
+		b.broken = true
 	}
 	_ = ch.Close()
 }
@@ -204,8 +212,16 @@ func (b *Broker) dropChannel(ch *channel) {
 func (b *Broker) channel() (*channel, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.ch != nil && !b.ch.IsClosed() && !b.conn.IsClosed() {
-		return b.ch, nil
+	if b.broken {
+		return nil, errAwaitingReset
+	}
+	if b.ch != nil {
+		if !b.ch.IsClosed() && !b.conn.IsClosed() {
+			return b.ch, nil
+		}
+		// It died under messages that may be unanswered.
+		b.broken = true
+		return nil, fmt.Errorf("broker channel closed: %w", amqp.ErrClosed)
 	}
 	if b.conn != nil && !b.conn.IsClosed() {
 		ch, err := b.openChannel(b.conn)

@@ -124,9 +124,14 @@ func TestUnroutableIsNotConfirmed(t *testing.T) {
 	if n != 1 || !errors.As(err, &ret) || ret.MessageID != msgs[1].MessageID || ret.Code != 312 {
 		t.Fatalf("Publish = %d, %v; want 1 and the second message returned with 312 NO_ROUTE", n, err)
 	}
-	// The channel stays usable.
+	// Nothing more is sent until the caller resets: a later message must
+	// not overtake the returned one.
+	if n, err := publish(b, msgs[2:]); n != 0 || !errors.Is(err, errAwaitingReset) {
+		t.Fatalf("Publish after a return without Reset = %d, %v; want it refused", n, err)
+	}
+	b.Reset()
 	if n, err := publish(b, msgs[2:]); n != 1 || err != nil {
-		t.Fatalf("Publish after a return = %d, %v", n, err)
+		t.Fatalf("Publish after Reset = %d, %v", n, err)
 	}
 	consume(t, env.Dial(t), queue, 3) // 1 and 3, then 3 again: the core republishes after a failure
 }
@@ -144,6 +149,7 @@ func TestMissingExchangeClosesOnlyTheChannel(t *testing.T) {
 	if n > 1 || err == nil {
 		t.Fatalf("Publish = %d, %v; want at most 1 and an error", n, err)
 	}
+	b.Reset()
 	n, err = publish(b, []relay.Message{message(1, "amq.direct", "k"), message(3, "amq.direct", "k")})
 	if n != 2 || err != nil {
 		t.Fatalf("Publish on a fresh channel = %d, %v", n, err)
@@ -166,7 +172,7 @@ func TestReconnectsAfterConnectionsClosed(t *testing.T) {
 	}
 	// The management API lists a connection a little after it opens.
 	deadline := time.Now().Add(20 * time.Second)
-	for env.CloseConnections(t) == 0 {
+	for env.CloseConnections(t, "outbox-relay") == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the relay's connection never appeared in the management API")
 		}
@@ -175,8 +181,11 @@ func TestReconnectsAfterConnectionsClosed(t *testing.T) {
 	// The closed connection fails at most one call; later calls reconnect.
 	published := 0
 	for i := 2; published == 0 && i < 100; i++ {
-		n, _ := publish(b, []relay.Message{message(i, "", "q")})
+		n, err := publish(b, []relay.Message{message(i, "", "q")})
 		published += n
+		if err != nil {
+			b.Reset() // as the relay does after any failure
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	if published != 1 {

@@ -50,7 +50,7 @@ func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confir
 		})
 		if err != nil {
 			c.sendErr = fmt.Errorf("publish message %s: %w", m.MessageID, err)
-			b.dropChannel(ch)
+			b.fail(ch)
 			break
 		}
 		c.ids = append(c.ids, m.MessageID)
@@ -67,11 +67,12 @@ func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confir
 // next Publish starts on a fresh one with no confirms or returns pending.
 func (b *Broker) Reset() {
 	b.mu.Lock()
-	ch := b.ch
-	b.mu.Unlock()
-	if ch != nil {
-		b.dropChannel(ch)
+	defer b.mu.Unlock()
+	if b.ch != nil {
+		_ = b.ch.Close()
+		b.ch = nil
 	}
+	b.broken = false
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -139,7 +140,7 @@ wait:
 	if err != nil && c.ch != nil {
 		// Whatever follows on this channel is in doubt or out of order:
 		// the core republishes from its recorded position on a new one.
-		c.b.dropChannel(c.ch)
+		c.b.fail(c.ch)
 	}
 	return n, err
 }
