@@ -397,3 +397,24 @@ SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 		t.Errorf("%s has no comment", name)
 	}
 }
+
+// TestWaitsForUnreachableServers: a relay whose database and broker are
+// down keeps retrying, says so, and still stops cleanly.
+func TestWaitsForUnreachableServers(t *testing.T) {
+	t.Parallel()
+	p := start(t, []string{"RELAY_DATABASE_URL=postgres://relay:pg-s3cret@127.0.0.1:1/db?connect_timeout=1",
+		"RELAY_AMQP_URL=amqp://relay:mq-s3cret@127.0.0.1:1/"})
+	p.waitLog("cannot start yet; retrying", 30*time.Second)
+	select {
+	case <-p.done:
+		t.Fatalf("the relay exited while the database was down: %v", p.err)
+	case <-time.After(2 * time.Second): // several retries
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0", code)
+	}
+	if strings.Contains(p.log(), "s3cret") {
+		t.Fatalf("the log shows a password:\n%s", p.log())
+	}
+}
