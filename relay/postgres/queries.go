@@ -6,7 +6,9 @@ import "fmt"
 // travel as text and are cast to xid8, so no driver codec for xid8 is needed.
 type queries struct {
 	// read relies on outbox_txid_id_idx (txid, id): both conditions are
-	// index conditions of one range scan.
+	// index conditions of one range scan, already in ORDER BY order. The
+	// text form of txid is selected under another name: ORDER BY txid
+	// would otherwise sort by that output column, as text.
 	read string
 	// resolve names the table as schema.name, or NULL if it does not exist.
 	resolve string
@@ -32,12 +34,12 @@ func newQueries(t Table) queries {
 	outbox, pos := t.sql(), t.sibling("outbox_relay_position")
 	return queries{
 		read: fmt.Sprintf(`
-SELECT id, txid::text, event_id::text, aggregate_type, aggregate_id, event_type,
-       exchange, routing_key, payload, content_type, headers::text, created_at
-  FROM %s
- WHERE (txid, id) > ($1::text::xid8, $2::bigint)
-   AND txid < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY txid, id
+SELECT o.id, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
+       o.exchange, o.routing_key, o.payload, o.content_type, o.headers::text, o.created_at
+  FROM %s o
+ WHERE (o.txid, o.id) > ($1::text::xid8, $2::bigint)
+   AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY o.txid, o.id
  LIMIT $3`, outbox),
 		resolve: `
 SELECT n.nspname || '.' || c.relname
@@ -51,7 +53,7 @@ SELECT count(*) = 1
 		ensurePosition: fmt.Sprintf(`
 INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`, pos),
 		position: fmt.Sprintf(`
-SELECT txid::text, id FROM %s WHERE outbox_table = $1`, pos),
+SELECT txid::text AS txid_text, id FROM %s WHERE outbox_table = $1`, pos),
 		record: fmt.Sprintf(`
 UPDATE %s SET txid = $2::text::xid8, id = $3, updated_at = now()
  WHERE outbox_table = $1`, pos),

@@ -163,6 +163,33 @@ func TestReadNeverPassesAnOpenTransaction(t *testing.T) {
 	}
 }
 
+// TestReadOrdersTransactionIDsAsNumbers: txid 9 comes before txid 10.
+// Sorting the text form would put "10" first and, with the cursor, skip
+// rows whenever transaction ids gain a digit.
+func TestReadOrdersTransactionIDsAsNumbers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	pos, err := b.store.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writers never set txid, but a test may: these ids are long finished.
+	for _, txid := range []string{"10", "9", "100", "99"} {
+		if _, err := b.pool.Exec(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, txid)
+			VALUES ('order', $1, 'Tested', 'rk', '', $2::text::xid8)`, txid, txid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []uint64
+	for _, r := range readN(t, b.store, pos, 4) {
+		got = append(got, r.TxID)
+	}
+	if fmt.Sprint(got) != "[9 10 99 100]" {
+		t.Fatalf("read in txid order %v, want [9 10 99 100]", got)
+	}
+}
+
 // TestReadUnderConcurrentWriters: 32 writers with random commit delays and
 // rollbacks, a reader that follows along; it must read every committed row
 // exactly once and no rolled-back row.
@@ -207,6 +234,7 @@ func TestReadUnderConcurrentWriters(t *testing.T) {
 	go func() { wg.Wait(); close(done) }()
 
 	seen := map[string]int{}
+	firstRead := map[string]string{} // key -> the read that returned it first
 	deadline := time.Now().Add(60 * time.Second)
 	for finished := false; time.Now().Before(deadline); {
 		select {
@@ -218,8 +246,17 @@ func TestReadUnderConcurrentWriters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		var desc []string
+		for _, r := range rows {
+			desc = append(desc, r.Position().String())
+		}
+		readDesc := fmt.Sprintf("read after %v: %v", pos, desc)
 		for _, r := range rows {
 			seen[r.AggregateID]++
+			if seen[r.AggregateID] > 1 {
+				t.Errorf("row %s at %v read again by %s; first by %s", r.AggregateID, r.Position(), readDesc, firstRead[r.AggregateID])
+			}
+			firstRead[r.AggregateID] = readDesc
 		}
 		if len(rows) > 0 {
 			pos = rows[len(rows)-1].Position()
