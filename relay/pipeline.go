@@ -29,6 +29,14 @@ type pipeline struct {
 	idle       time.Duration // next wait for an empty outbox
 	timer      *time.Timer
 	progressed bool // the last step recorded rows
+	// stalled is set when a flight can only fail (a row that cannot
+	// become a message): nothing more is read until the failure is seen.
+	stalled bool
+	// probe is set after a failure: the next read takes one row, and the
+	// window opens again only once that row is confirmed. A row the
+	// broker keeps returning is then retried alone, instead of taking a
+	// window of later rows with it (and duplicating them) on every retry.
+	probe bool
 }
 
 // step does one unit of work: read and publish one batch, or record the
@@ -39,7 +47,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	if stopping && len(p.flights) == 0 {
 		return errStopped
 	}
-	if !stopping && p.readDue && p.inFlight < p.r.cfg.window() {
+	if !stopping && p.readDue && !p.stalled && p.inFlight < p.r.cfg.window() {
 		return p.publish(ctx)
 	}
 	var done <-chan struct{}
@@ -50,7 +58,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	var tick <-chan time.Time
 	if !stopping {
 		stop = ctx.Done()
-		if !p.readDue {
+		if !p.readDue && !p.stalled {
 			wake = p.r.cfg.Wake
 			tick = p.pollTimer()
 		}
@@ -73,6 +81,13 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 func (p *pipeline) publish(ctx context.Context) error {
 	cfg := p.r.cfg
 	limit := min(cfg.BatchSize, cfg.window()-p.inFlight)
+	if p.probe {
+		if len(p.flights) > 0 {
+			p.readDue = false // the probe is out: wait for its answer
+			return nil
+		}
+		limit = 1
+	}
 	rows, err := p.r.store.Read(ctx, p.cursor, limit)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -101,6 +116,7 @@ func (p *pipeline) publish(ctx context.Context) error {
 			// bad row fails once those are recorded.
 			p.push(ctx, rows[:i], msgs)
 			p.flights = append(p.flights, flight{conf: failed{err}})
+			p.stalled = true
 			return nil
 		}
 		msgs = append(msgs, m)
@@ -142,6 +158,10 @@ func (p *pipeline) record(finish context.Context) error {
 		}
 		p.flights = p.flights[1:]
 		p.inFlight -= len(f.rows)
+		if p.probe {
+			p.probe = false
+			p.readDue = true // the failed row went through: open the window
+		}
 	}
 	if recorded > 0 {
 		rctx := finish
@@ -172,6 +192,8 @@ func (p *pipeline) reset() {
 	p.flights, p.inFlight = nil, 0
 	p.cursor = p.r.pos
 	p.readDue = true
+	p.stalled = false
+	p.probe = true
 }
 
 func (p *pipeline) armPoll(d time.Duration) {
