@@ -177,35 +177,50 @@ func New(cfg Config) (*Broker, error) {
 	return &Broker{cfg: cfg, log: log}, nil
 }
 
-// Close closes the connection, if any.
+// closeTimeout bounds closing a connection. A broker under a resource
+// alarm stops reading from publishing connections, so a close that waited
+// for the broker's answer could wait until the alarm clears.
+const closeTimeout = 2 * time.Second
+
+// Close closes the connection, if any, within closeTimeout.
 func (b *Broker) Close() error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.dropLocked()
+	conn := b.detachLocked()
+	b.mu.Unlock()
+	return closeConn(conn)
 }
 
-func (b *Broker) dropLocked() error {
-	b.ch = nil
-	if b.conn == nil {
+// detachLocked forgets the connection and its channel and returns the
+// connection for the caller to close outside the lock.
+func (b *Broker) detachLocked() *amqp.Connection {
+	conn := b.conn
+	b.conn, b.ch = nil, nil
+	return conn
+}
+
+func closeConn(conn *amqp.Connection) error {
+	if conn == nil {
 		return nil
 	}
-	err := b.conn.Close()
-	b.conn = nil
+	err := conn.CloseDeadline(time.Now().Add(closeTimeout))
 	if errors.Is(err, amqp.ErrClosed) {
 		return nil
 	}
 	return err
 }
 
-// fail closes ch after a failure and, if it is the current channel, stops
-// publishing until Reset.
+// fail handles a failure on ch: if it is the current channel, its
+// connection is closed (whatever else it carries is in doubt) and nothing is
+// published until Reset.
 func (b *Broker) fail(ch *channel) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	var conn *amqp.Connection
 	if b.ch == ch {
 		b.broken = true
+		conn = b.detachLocked()
 	}
-	_ = ch.Close()
+	b.mu.Unlock()
+	_ = closeConn(conn)
 }
 
 // channel returns the open confirm-mode channel, connecting first if needed.
@@ -230,7 +245,7 @@ func (b *Broker) channel() (*channel, error) {
 			return ch, nil
 		}
 	}
-	_ = b.dropLocked()
+	_ = closeConn(b.detachLocked())
 	var errs []error
 	for i := range b.cfg.URLs {
 		k := (b.next + i) % len(b.cfg.URLs)

@@ -63,16 +63,14 @@ func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confir
 	return c
 }
 
-// Reset implements relay.Publisher: it closes the current channel, so the
+// Reset implements relay.Publisher: it closes the current connection, so the
 // next Publish starts on a fresh one with no confirms or returns pending.
 func (b *Broker) Reset() {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ch != nil {
-		_ = b.ch.Close()
-		b.ch = nil
-	}
+	conn := b.detachLocked()
 	b.broken = false
+	b.mu.Unlock()
+	_ = closeConn(conn)
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
