@@ -47,17 +47,30 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(signals)
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
-		sig, ok := <-signals
-		if !ok {
+		var sig os.Signal
+		select {
+		case sig = <-signals:
+		case <-done:
 			return
 		}
 		m.log.Info("stopping: waiting for in-flight confirms", "signal", sig.String(), "timeout", e.ShutdownTimeout)
 		stop()
-		if sig, ok = <-signals; ok {
+		// The relay bounds its own wait by the shutdown timeout; this is
+		// the backstop if a call it cannot interrupt hangs past it.
+		backstop := time.NewTimer(e.ShutdownTimeout + 10*time.Second)
+		defer backstop.Stop()
+		select {
+		case sig = <-signals:
 			m.log.Error("second signal: aborting without waiting", "signal", sig.String())
-			os.Exit(1)
+		case <-backstop.C:
+			m.log.Error("still not stopped long after the shutdown timeout: aborting")
+		case <-done:
+			return
 		}
+		os.Exit(1)
 	}()
 	return m.Run(ctx)
 }

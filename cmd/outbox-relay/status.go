@@ -64,7 +64,9 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stdout, " (moved %s ago)", time.Since(st.PositionUpdatedAt).Round(time.Second))
 	}
 	fmt.Fprintln(stdout)
-	if x := st.OldestXact; x != nil {
+	if x := st.OldestXact; x != nil && x.Prepared {
+		fmt.Fprintf(stdout, "oldest transaction    prepared in %q, %.1fs ago (COMMIT PREPARED or ROLLBACK PREPARED it)\n", x.Database, x.AgeSeconds)
+	} else if x != nil {
 		fmt.Fprintf(stdout, "oldest transaction    pid %d in %q, running %.1fs\n", x.PID, x.Database, x.AgeSeconds)
 	}
 	return nil

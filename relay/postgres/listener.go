@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Channel is the notification channel the optional outbox_notify trigger
@@ -63,10 +64,13 @@ func (l *Listener) Run(ctx context.Context) {
 }
 
 func (l *Listener) listen(ctx context.Context, connected func()) error {
-	cfg, err := pgx.ParseConfig(l.url)
+	// Parsed as a pool URL, so pool_* settings in RELAY_DATABASE_URL are
+	// understood rather than sent to the server as parameters.
+	pc, err := pgxpool.ParseConfig(l.url)
 	if err != nil {
 		return err
 	}
+	cfg := pc.ConnConfig
 	cfg.RuntimeParams["application_name"] = "outbox-relay listener"
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {

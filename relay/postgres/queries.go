@@ -20,13 +20,15 @@ type queries struct {
 	position string
 	// record stores a position (primary key update).
 	record string
-	// horizon returns the next transaction id to be assigned, the max
-	// txid in the table (index-only, from outbox_txid_id_idx) and the
-	// recorded position, to detect a restored database.
+	// horizon returns the next transaction id to be assigned and the
+	// newest txid in the table (one index-only probe of
+	// outbox_txid_id_idx; max(xid8) needs PostgreSQL 15), to detect a
+	// restored database.
 	horizon string
 	// status counts pending rows (range scan of outbox_txid_id_idx).
 	status string
-	// blocker finds the oldest running transaction that holds an xid.
+	// blocker finds the oldest running or prepared transaction that
+	// holds an xid: it holds back the snapshot xmin, and so publishing.
 	blocker string
 }
 
@@ -59,7 +61,7 @@ UPDATE %s SET txid = $2::text::xid8, id = $3, updated_at = now()
  WHERE outbox_table = $1`, pos),
 		horizon: fmt.Sprintf(`
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
-       coalesce((SELECT max(txid) FROM %s), '0')::text`, outbox),
+       coalesce((SELECT txid FROM %s ORDER BY txid DESC LIMIT 1), '0')::text`, outbox),
 		status: fmt.Sprintf(`
 SELECT p.txid::text, p.id, p.updated_at,
        count(o.id),
@@ -69,10 +71,16 @@ SELECT p.txid::text, p.id, p.updated_at,
  WHERE p.outbox_table = $1
  GROUP BY p.txid, p.id, p.updated_at`, pos, outbox),
 		blocker: `
-SELECT pid, coalesce(datname, ''), coalesce(extract(epoch FROM now() - xact_start), 0)::float8
-  FROM pg_stat_activity
- WHERE backend_xid IS NOT NULL
- ORDER BY age(backend_xid) DESC
+SELECT pid, database, age_seconds, prepared FROM (
+  SELECT pid, coalesce(datname, '') AS database,
+         coalesce(extract(epoch FROM now() - xact_start), 0)::float8 AS age_seconds,
+         false AS prepared, age(backend_xid) AS xid_age
+    FROM pg_stat_activity WHERE backend_xid IS NOT NULL
+  UNION ALL
+  SELECT 0, database, extract(epoch FROM now() - prepared)::float8, true, age(transaction)
+    FROM pg_prepared_xacts
+) x
+ ORDER BY xid_age DESC
  LIMIT 1`,
 	}
 }

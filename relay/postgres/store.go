@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,6 +42,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// callTimeout bounds each read and position write, so a connection that
+// went silent (a half-open TCP connection) fails the call instead of
+// stalling the relay until the kernel gives up on it.
+const callTimeout = 30 * time.Second
+
 // Store reads an outbox table and records the relay's position in
 // PostgreSQL. It implements relay.Store. Its pool connects lazily and
 // reconnects by itself, so a database that is down only fails calls.
@@ -60,9 +66,11 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc.MaxConns = 4
-	if cfg.MaxConns > 0 {
+	switch {
+	case cfg.MaxConns > 0:
 		pc.MaxConns = cfg.MaxConns
+	case !strings.Contains(cfg.URL, "pool_max_conns"):
+		pc.MaxConns = 4 // reads, position writes and status need few
 	}
 	pc.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
@@ -146,6 +154,8 @@ func (s *Store) position(ctx context.Context) (relay.Position, error) {
 // Read returns up to limit committed rows after the position whose
 // transactions are older than every transaction still running.
 func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	rows, err := s.pool.Query(ctx, s.q.read, strconv.FormatUint(after.TxID, 10), after.ID, limit)
 	if err != nil {
 		return nil, err
@@ -170,6 +180,8 @@ func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]re
 
 // Record stores pos as the table's position.
 func (s *Store) Record(ctx context.Context, pos relay.Position) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	tag, err := s.pool.Exec(ctx, s.q.record, s.key, strconv.FormatUint(pos.TxID, 10), pos.ID)
 	if err != nil {
 		return err
@@ -191,12 +203,13 @@ type Status struct {
 	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
 }
 
-// Xact is the oldest running transaction that holds a transaction id. While
-// it runs, rows of younger transactions wait.
+// Xact is the oldest running (or prepared) transaction that holds a
+// transaction id. While it runs, rows of younger transactions wait.
 type Xact struct {
-	PID        int32   `json:"pid"`
+	PID        int32   `json:"pid"` // 0 for a prepared transaction
 	Database   string  `json:"database"`
 	AgeSeconds float64 `json:"age_seconds"`
+	Prepared   bool    `json:"prepared"`
 }
 
 // Status reports pending rows, their age, and the oldest running
@@ -225,7 +238,7 @@ func (s *Store) Status(ctx context.Context) (Status, error) {
 		st.Position = txid + "/" + strconv.FormatInt(id, 10)
 	}
 	var x Xact
-	err = s.pool.QueryRow(ctx, s.q.blocker).Scan(&x.PID, &x.Database, &x.AgeSeconds)
+	err = s.pool.QueryRow(ctx, s.q.blocker).Scan(&x.PID, &x.Database, &x.AgeSeconds, &x.Prepared)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
