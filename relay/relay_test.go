@@ -489,3 +489,47 @@ VALUES ('order', '1', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err != 
 		t.Fatalf("%d duplicates of the rows behind a returned row over 3+ retries, want at most 20", dups)
 	}
 }
+
+// TestWakeUpCutsThePollShort: with polls an hour apart, a row committed
+// after the first read arrives only because of the wake-up.
+func TestWakeUpCutsThePollShort(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	wake := make(chan struct{}, 1)
+	read := make(chan struct{}, 10)
+	stop := run(t, relay.Config{PollInterval: time.Hour, MinPoll: time.Hour, Wake: wake},
+		readSignal{Store: b.store, read: read}, b.broker)
+	defer stop()
+	<-read // the first read found nothing; the next poll is an hour away
+	b.write(t, "a", 1, 1)
+	// Keep waking: a transaction of a parallel test can hold the row back
+	// from one read (the snapshot xmin is cluster-wide).
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case wake <- struct{}{}:
+			case <-done:
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	b.delivered(t, 1)
+}
+
+// readSignal tells the test each time the relay has read.
+type readSignal struct {
+	relay.Store
+	read chan struct{}
+}
+
+func (s readSignal) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+	rows, err := s.Store.Read(ctx, after, limit)
+	select {
+	case s.read <- struct{}{}:
+	default:
+	}
+	return rows, err
+}
