@@ -39,7 +39,13 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	r := &rig{dbURL: testenv.Database(t), broker: testenv.NewBroker(t), ledger: ledger.New()}
+	return newRigOn(t, testenv.Database(t))
+}
+
+// newRigOn is newRig on a given database.
+func newRigOn(t *testing.T, dbURL string) *rig {
+	t.Helper()
+	r := &rig{dbURL: dbURL, broker: testenv.NewBroker(t), ledger: ledger.New()}
 	queue := r.broker.DeclareQueue(t, "", "events")
 	var err error
 	if r.pool, err = pgxpool.New(context.Background(), r.dbURL); err != nil {
@@ -59,13 +65,18 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
-// write starts writers that commit (and sometimes roll back) until stopWrites.
-func (r *rig) write(t *testing.T, writers int) {
+// write starts writers that commit (and sometimes roll back) until
+// stopWrites.
+func (r *rig) write(t *testing.T, writers int) { r.writeThrough(t, writers, false) }
+
+// writeThrough is write, with writers that ride out database outages when
+// outages is set.
+func (r *rig) writeThrough(t *testing.T, writers int, outages bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stopW = cancel
 	for i := range writers {
 		w := &ledger.Writer{Pool: r.pool, Ledger: r.ledger, Name: "w" + string(rune('a'+i)), Aggregates: 3,
-			PerTx: 1 + i%3, Rollback: 0.1, Pause: 2 * time.Millisecond}
+			PerTx: 1 + i%3, Rollback: 0.1, Pause: 2 * time.Millisecond, Outages: outages}
 		r.wg.Go(func() {
 			if err := w.Run(ctx); err != nil {
 				t.Errorf("writer: %v", err)
@@ -218,6 +229,35 @@ func TestRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T) {
 	}
 	stopClean(t, p)
 	r.check(t, faults*window)
+	if !strings.Contains(p.log(), "publishing recovered") {
+		t.Errorf("no recovery was logged")
+	}
+}
+
+// TestSurvivesPostgresCrashRestarts is RELIABILITY entry 14: the database
+// restarts without a shutdown checkpoint, three times, under load.
+func TestSurvivesPostgresCrashRestarts(t *testing.T) {
+	t.Parallel()
+	srv := testenv.NewPostgresServer(t)
+	r := newRigOn(t, srv.Database(t))
+	r.writeThrough(t, 4, true)
+	p := start(t, r.env)
+	p.waitLog("connected to broker", 30*time.Second)
+	const restarts = 3
+	for range restarts {
+		time.Sleep(time.Duration(200+rand.N(300)) * time.Millisecond)
+		srv.Restart(t)
+	}
+	time.Sleep(500 * time.Millisecond) // writes after the last restart, too
+	r.stopWrites()
+	r.drained(t)
+	select {
+	case <-p.done:
+		t.Fatalf("the relay exited during the restarts: %v", p.err)
+	default:
+	}
+	stopClean(t, p)
+	r.check(t, restarts*window)
 	if !strings.Contains(p.log(), "publishing recovered") {
 		t.Errorf("no recovery was logged")
 	}

@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -22,7 +23,11 @@ type Writer struct {
 	PerTx      int           // events per transaction, default 1
 	Rollback   float64       // fraction of transactions rolled back
 	Pause      time.Duration // upper bound of a random pause inside each transaction
-	seq        map[string]int
+	// Outages makes the writer ride out database outages (restarts,
+	// terminated backends): failed transactions are retried, and a commit
+	// whose outcome is unknown is looked up once the database is back.
+	Outages bool
+	seq     map[string]int
 }
 
 // Run writes until ctx ends or a database error occurs; errors caused by
@@ -41,10 +46,12 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	w.seq = map[string]int{}
 	for ctx.Err() == nil {
-		if err := w.one(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
+		err := w.one(ctx)
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case w.Outages && !errors.Is(err, errUndecided):
+			time.Sleep(20 * time.Millisecond) // the database is away; try again
+		default:
 			return err
 		}
 	}
@@ -92,7 +99,23 @@ VALUES ('ledger', $1, 'Tested', $2, $3) RETURNING event_id::text`, agg, w.Routin
 	// Commit even if ctx ends now: an interrupted commit has an unknown
 	// outcome, which the ledger cannot record.
 	if err := tx.Commit(context.WithoutCancel(ctx)); err != nil {
-		return fmt.Errorf("writer %s: commit (outcome unknown): %w", w.Name, err)
+		if !w.Outages {
+			return fmt.Errorf("writer %s: commit (outcome unknown): %w", w.Name, err)
+		}
+		ids := make([]string, len(batch))
+		for i, e := range batch {
+			ids[i] = e.id
+		}
+		committed, lerr := w.lookUp(ctx, ids)
+		if lerr != nil {
+			return lerr
+		}
+		if !committed {
+			for range batch {
+				w.Ledger.RolledBack()
+			}
+			return nil
+		}
 	}
 	for _, e := range batch {
 		w.Ledger.Committed(e.id, e.p)
@@ -101,4 +124,30 @@ VALUES ('ledger', $1, 'Tested', $2, $3) RETURNING event_id::text`, agg, w.Routin
 		w.seq[agg] = n
 	}
 	return nil
+}
+
+// errUndecided stops even an Outages writer: without a commit's outcome
+// the ledger cannot be trusted.
+var errUndecided = errors.New("commit outcome cannot be decided")
+
+// lookUp decides a commit whose outcome is unknown by looking for its events
+// once the database answers again.
+func (w *Writer) lookUp(ctx context.Context, ids []string) (bool, error) {
+	ctx = context.WithoutCancel(ctx)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var n int
+		err := w.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE event_id::text = ANY($1)`, ids).Scan(&n)
+		switch {
+		case err == nil && n == len(ids):
+			return true, nil
+		case err == nil && n == 0:
+			return false, nil
+		case err == nil:
+			return false, fmt.Errorf("writer %s: %w: %d of %d events of one transaction exist", w.Name, errUndecided, n, len(ids))
+		case time.Now().After(deadline):
+			return false, fmt.Errorf("writer %s: %w: %w", w.Name, errUndecided, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
