@@ -132,6 +132,9 @@ func (m *Main) Run(ctx context.Context) error {
 	lctx, stopListener := context.WithCancel(ctx)
 	defer stopListener()
 	wg.Go(func() { m.listener.Run(lctx) })
+	// One log line when a long transaction has held rows back for 10 s,
+	// one when it ends.
+	wg.Go(func() { postgres.WatchHoldUps(lctx, m.store, 5*time.Second, 10*time.Second, m.log) })
 
 	if m.env.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", m.env.HTTPAddr)

@@ -27,6 +27,9 @@ type queries struct {
 	horizon string
 	// status counts pending rows (range scan of outbox_txid_id_idx).
 	status string
+	// heldBack tells whether committed rows after the position wait for
+	// an older transaction to end (one range probe of outbox_txid_id_idx).
+	heldBack string
 	// blocker finds the oldest running or prepared transaction that
 	// holds an xid: it holds back the snapshot xmin, and so publishing.
 	blocker string
@@ -70,6 +73,11 @@ SELECT p.txid::text, p.id, p.updated_at,
   LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
  WHERE p.outbox_table = $1
  GROUP BY p.txid, p.id, p.updated_at`, pos, outbox),
+		heldBack: fmt.Sprintf(`
+SELECT EXISTS (
+  SELECT 1 FROM %s o, %s p
+   WHERE p.outbox_table = $1 AND (o.txid, o.id) > (p.txid, p.id)
+     AND o.txid >= pg_snapshot_xmin(pg_current_snapshot()))`, outbox, pos),
 		blocker: `
 SELECT pid, database, age_seconds, prepared FROM (
   SELECT pid, coalesce(datname, '') AS database,

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -370,4 +372,68 @@ func count(m *sync.Map) int {
 	n := 0
 	m.Range(func(_, _ any) bool { n++; return true })
 	return n
+}
+
+// TestWatchHoldUpsLogsALongTransaction: an open transaction holds a
+// committed row back; the watcher says so once, and once when it ends.
+func TestWatchHoldUpsLogsALongTransaction(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := b.store.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	long, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Rollback(ctx)
+	if _, err := long.Exec(ctx, insertSQL, "long", "long"); err != nil { // takes a transaction id
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, insertSQL, "waiting", "waiting"); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs syncBuffer
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		WatchHoldUps(ctx, b.store, 20*time.Millisecond, 100*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+	})
+	waitFor := func(s string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logs.String(), s); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never logged %q; log:\n%s", s, logs.String())
+			}
+		}
+	}
+	waitFor("publishing held back")
+	if err := long.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("no longer held back")
+	if n := strings.Count(logs.String(), "publishing held back"); n != 1 {
+		t.Fatalf("warned %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
