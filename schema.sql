@@ -76,11 +76,14 @@ CREATE TABLE IF NOT EXISTS outbox_relay_position (
     outbox_table text        PRIMARY KEY,
     txid         xid8        NOT NULL DEFAULT '0',
     id           bigint      NOT NULL DEFAULT 0,
-    updated_at   timestamptz NOT NULL DEFAULT now()
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    epoch        bigint      NOT NULL DEFAULT 0,
+    holder       text        NULL,
+    lease_until  timestamptz NULL
 );
 
 COMMENT ON TABLE outbox_relay_position IS
-    'Relay-owned: how far each outbox table has been published. One row per outbox table; the relay creates its row on first start.';
+    'Relay-owned: how far each outbox table has been published, and which replica publishes it. One row per outbox table; the relay creates its row on first start.';
 COMMENT ON COLUMN outbox_relay_position.outbox_table IS
     'The outbox table this position belongs to, schema-qualified (e.g. public.outbox).';
 COMMENT ON COLUMN outbox_relay_position.txid IS
@@ -89,6 +92,12 @@ COMMENT ON COLUMN outbox_relay_position.id IS
     'Row id of the last row of the contiguous published prefix. Every row at or before (txid, id) has been confirmed by the broker.';
 COMMENT ON COLUMN outbox_relay_position.updated_at IS
     'When the position last moved.';
+COMMENT ON COLUMN outbox_relay_position.epoch IS
+    'Fencing token: bumped each time a replica takes the lease. The position is only ever written with the current epoch, so a deposed replica''s write fails.';
+COMMENT ON COLUMN outbox_relay_position.holder IS
+    'RELAY_REPLICA_NAME of the replica that holds the lease (publishes this table); NULL when released.';
+COMMENT ON COLUMN outbox_relay_position.lease_until IS
+    'Database time until which the holder''s lease is valid. The holder renews it every third of RELAY_LEASE_TIMEOUT and stops publishing well before it lapses; another replica may take over after it.';
 COMMENT ON INDEX outbox_relay_position_pkey IS
     'One position per outbox table.';
 

@@ -15,6 +15,7 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultRetryMin        = 100 * time.Millisecond
 	DefaultRetryMax        = 10 * time.Second
+	DefaultLeaseTimeout    = 10 * time.Second
 	maxBatchSize           = 10000
 )
 
@@ -42,6 +43,12 @@ type Config struct {
 	// cancelled, for the confirms of messages already published.
 	ShutdownTimeout time.Duration
 
+	// LeaseTimeout is how long the lease lasts without renewal: how soon
+	// a standby takes over after the leader dies. The leader renews it
+	// every third of it and stops publishing once three quarters have
+	// passed since its last successful renewal began.
+	LeaseTimeout time.Duration
+
 	// RetryMin and RetryMax bound the jittered exponential backoff after a
 	// failed round or start.
 	RetryMin, RetryMax time.Duration
@@ -64,7 +71,20 @@ type Hooks struct {
 	Recorded func(pos Position, rows int)
 	// RoundFailed runs after a failed round, before the backoff.
 	RoundFailed func(err error)
+	// Leading runs when this replica takes the lease.
+	Leading func()
+	// LeaseLost runs when this replica has stopped publishing because it
+	// lost the lease.
+	LeaseLost func()
 }
+
+// renewEvery is how often the leader renews its lease.
+func (c Config) renewEvery() time.Duration { return c.LeaseTimeout / 3 }
+
+// leaseValid is how long after a renewal began the leader still publishes:
+// a quarter of the lease short of its end in database time, which was set
+// after the renewal began, so the leader stops before a standby may start.
+func (c Config) leaseValid() time.Duration { return c.LeaseTimeout * 3 / 4 }
 
 // window is the most rows awaiting confirms at once.
 func (c Config) window() int { return 2 * c.BatchSize }
@@ -91,6 +111,9 @@ func (c Config) WithDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if c.LeaseTimeout == 0 {
+		c.LeaseTimeout = DefaultLeaseTimeout
+	}
 	if c.RetryMin == 0 {
 		c.RetryMin = DefaultRetryMin
 	}
@@ -114,6 +137,8 @@ func (c Config) Validate() error {
 		return &ConfigError{"MinPoll", fmt.Sprintf("must be positive and at most PollInterval, got %s", c.MinPoll)}
 	case c.ShutdownTimeout <= 0:
 		return &ConfigError{"ShutdownTimeout", fmt.Sprintf("must be positive, got %s", c.ShutdownTimeout)}
+	case c.LeaseTimeout < 100*time.Millisecond:
+		return &ConfigError{"LeaseTimeout", fmt.Sprintf("must be at least 100ms, got %s", c.LeaseTimeout)}
 	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
 		return &ConfigError{"RetryMin", fmt.Sprintf("must be positive and at most RetryMax, got %s..%s", c.RetryMin, c.RetryMax)}
 	}

@@ -32,6 +32,10 @@ type pipeline struct {
 	// stalled is set when a flight can only fail (a row that cannot
 	// become a message): nothing more is read until the failure is seen.
 	stalled bool
+	// deadline is the local time until which the lease is surely valid;
+	// nothing is published after it.
+	deadline time.Time
+	renew    *time.Timer
 	// probe is set after a failure: the next read takes one row, and the
 	// window opens again only once that row is confirmed. A row the
 	// broker keeps returning is then retried alone, instead of taking a
@@ -48,6 +52,9 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		return errStopped
 	}
 	if !stopping && p.readDue && !p.stalled && p.inFlight < p.r.cfg.window() {
+		if time.Now().After(p.deadline) {
+			return ErrLeaseLost // not renewed in time: another replica may lead now
+		}
 		return p.publish(ctx)
 	}
 	var done <-chan struct{}
@@ -64,6 +71,8 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		}
 	}
 	select {
+	case <-p.renew.C:
+		return p.renewLease(finish)
 	case <-done:
 		return p.record(finish)
 	case <-finish.Done():
@@ -183,6 +192,23 @@ func (p *pipeline) record(finish context.Context) error {
 		}
 	}
 	return failure
+}
+
+// renewLease extends the lease and moves the deadline; the timer is armed
+// again whatever happens, so a failed renewal is retried.
+func (p *pipeline) renewLease(ctx context.Context) error {
+	t0 := time.Now()
+	err := p.r.store.Renew(ctx)
+	if err == nil {
+		p.deadline = t0.Add(p.r.cfg.leaseValid())
+		p.renew.Reset(p.r.cfg.renewEvery())
+		return nil
+	}
+	p.renew.Reset(p.r.cfg.renewEvery() / 4) // retry soon, before the deadline passes
+	if errors.Is(err, ErrLeaseLost) {
+		return err
+	}
+	return errorf(ctx, "renew lease: %w", err)
 }
 
 // reset discards everything in flight after a failure: publishing resumes

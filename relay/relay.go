@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 )
 
@@ -18,7 +19,17 @@ type Store interface {
 	// publishing order. It never returns a row while an older transaction
 	// that could still commit a row before it is running.
 	Read(ctx context.Context, after Position, limit int) ([]Row, error)
-	// Record stores pos as the recorded position.
+	// Acquire takes the lease that makes this replica the one publisher of
+	// the table, and returns the recorded position. It fails with an error
+	// wrapping ErrLeaseHeld while another replica holds the lease.
+	Acquire(ctx context.Context) (Position, error)
+	// Renew extends the lease by the lease timeout. It fails with
+	// ErrLeaseLost if another replica took it.
+	Renew(ctx context.Context) error
+	// Release gives the lease up (at a clean stop).
+	Release(ctx context.Context) error
+	// Record stores pos as the recorded position. It fails with
+	// ErrLeaseLost if another replica took the lease: the write is fenced.
 	Record(ctx context.Context, pos Position) error
 }
 
@@ -51,6 +62,13 @@ type Confirmation interface {
 // logical copy to a new server. Reading on would skip rows, so the relay
 // refuses to start.
 var ErrPositionAhead = errors.New("outbox is ahead of the database's transaction counter")
+
+// ErrLeaseHeld means another replica holds the lease: this one stands by.
+var ErrLeaseHeld = errors.New("lease held")
+
+// ErrLeaseLost means this replica no longer holds the lease: it stops
+// publishing and stands by.
+var ErrLeaseLost = errors.New("lease lost to another replica")
 
 // ErrShutdownTimeout means Run stopped before every message in flight was
 // confirmed and recorded: those rows will be published again at the next
@@ -88,19 +106,82 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.start(ctx); err != nil {
 		return err
 	}
+	for {
+		pos, deadline, ok := r.acquire(ctx)
+		if !ok {
+			r.log.Info("stopped", "position", r.pos.String())
+			return nil
+		}
+		r.pos = pos
+		err := r.lead(ctx, deadline)
+		if !errors.Is(err, ErrLeaseLost) {
+			return err
+		}
+		r.log.Warn("lost the lease: stopped publishing, standing by", "position", r.pos.String())
+		if h := r.cfg.Hooks.LeaseLost; h != nil {
+			h()
+		}
+	}
+}
+
+// acquire stands by until this replica holds the lease, and returns the
+// position to publish from and the local time until which the lease is
+// surely valid. It returns false when ctx ends first.
+func (r *Relay) acquire(ctx context.Context) (Position, time.Time, bool) {
+	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
+	var waiting string
+	for ctx.Err() == nil {
+		t0 := time.Now()
+		pos, err := r.store.Acquire(ctx)
+		switch {
+		case err == nil:
+			r.log.Info("leading: took the lease", "position", pos.String())
+			if h := r.cfg.Hooks.Leading; h != nil {
+				h()
+			}
+			return pos, t0.Add(r.cfg.leaseValid()), true
+		case ctx.Err() != nil:
+		case errors.Is(err, ErrLeaseHeld):
+			if waiting == "" {
+				r.log.Info("standing by: another replica leads", "lease", err)
+			}
+			waiting = err.Error()
+			r.sleep(ctx, r.cfg.LeaseTimeout/4+rand.N(r.cfg.LeaseTimeout/8+1))
+		default:
+			r.log.Warn("cannot take the lease; retrying", "err", err)
+			r.sleep(ctx, retry.next())
+		}
+	}
+	return Position{}, time.Time{}, false
+}
+
+// lead publishes while this replica holds the lease. It returns nil after a
+// clean stop, ErrShutdownTimeout, or an error wrapping ErrLeaseLost once the
+// lease is gone (nothing more is published then).
+func (r *Relay) lead(ctx context.Context, deadline time.Time) error {
 	finish, cancel := drainContext(ctx, r.cfg.ShutdownTimeout)
 	defer cancel()
 
-	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll}
+	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll, deadline: deadline,
+		renew: time.NewTimer(r.cfg.renewEvery())}
+	defer p.renew.Stop()
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
 	var failing error
 	for {
 		err := p.step(ctx, finish)
 		switch {
 		case errors.Is(err, errStopped):
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if err := r.store.Release(rctx); err != nil {
+				r.log.Warn("could not release the lease; a standby takes over when it lapses", "err", err)
+			}
+			cancel()
 			r.log.Info("stopped", "position", r.pos.String())
 			return nil
 		case errors.Is(err, ErrShutdownTimeout):
+			return err
+		case errors.Is(err, ErrLeaseLost):
+			p.reset()
 			return err
 		case err != nil:
 			p.reset()

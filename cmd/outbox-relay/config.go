@@ -24,7 +24,8 @@ type env struct {
 	BatchSize       int           `envconfig:"BATCH_SIZE" default:"500" desc:"Most rows read and published at a time. Up to two batches await confirms at once, so a crash republishes at most 2 x RELAY_BATCH_SIZE rows."`
 	PollInterval    time.Duration `envconfig:"POLL_INTERVAL" default:"100ms" desc:"Longest wait between reads of an idle outbox. After finding rows the relay polls again within 1ms, doubling the wait while nothing arrives."`
 	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a row is dead. Validated; not yet used: this version retries a failing row until it succeeds."`
-	LeaseTimeout    time.Duration `envconfig:"LEASE_TIMEOUT" default:"10s" desc:"How long a dead replica's lease blocks others. Validated; not yet used: run one replica per outbox table."`
+	LeaseTimeout    time.Duration `envconfig:"LEASE_TIMEOUT" default:"10s" desc:"How long a dead replica's lease blocks others: a standby takes over within this after the leader dies. The leader renews every third of it."`
+	ReplicaName     string        `envconfig:"REPLICA_NAME" default:"" desc:"This replica's name in the lease and in status; empty means the host name. Must differ between running replicas: a replica named like the lease holder takes over at once (a restart)."`
 	Retention       time.Duration `envconfig:"RETENTION" default:"168h" desc:"How long published rows are kept. Validated; not yet used: this version never deletes rows."`
 	HTTPAddr        string        `envconfig:"HTTP_ADDR" default:"" desc:"Address for /healthz and /readyz, e.g. :9090; empty disables it."`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error."`
@@ -56,8 +57,8 @@ func loadEnv() (*env, error) {
 		return nil, badVar("DATABASE_URL", "required, not set")
 	case e.MaxAttempts < 1:
 		return nil, badVar("MAX_ATTEMPTS", "must be at least 1, got %d", e.MaxAttempts)
-	case e.LeaseTimeout <= 0:
-		return nil, badVar("LEASE_TIMEOUT", "must be positive, got %s", e.LeaseTimeout)
+	case e.LeaseTimeout < 100*time.Millisecond:
+		return nil, badVar("LEASE_TIMEOUT", "must be at least 100ms, got %s", e.LeaseTimeout)
 	case e.Retention < 0:
 		return nil, badVar("RETENTION", "must not be negative, got %s", e.Retention)
 	}
@@ -93,7 +94,7 @@ func (e *env) storeConfig() (postgres.Config, error) {
 	if err != nil {
 		return postgres.Config{}, badVar("TABLE", "%v", err)
 	}
-	cfg := postgres.Config{URL: e.DatabaseURL, Table: table}
+	cfg := postgres.Config{URL: e.DatabaseURL, Table: table, Replica: e.ReplicaName, LeaseTimeout: e.LeaseTimeout}
 	if err := cfg.Validate(); err != nil {
 		return cfg, fieldError(err, map[string]string{"URL": "DATABASE_URL", "Table": "TABLE"})
 	}
@@ -117,6 +118,7 @@ func (e *env) relayConfig() (relay.Config, error) {
 		BatchSize:       e.BatchSize,
 		PollInterval:    e.PollInterval,
 		ShutdownTimeout: e.ShutdownTimeout,
+		LeaseTimeout:    e.LeaseTimeout,
 	}
 	// Zero would silently mean "default" to the relay; from the
 	// environment it is a mistake.
@@ -131,7 +133,7 @@ func (e *env) relayConfig() (relay.Config, error) {
 	if err := cfg.WithDefaults().Validate(); err != nil {
 		return cfg, fieldError(err, map[string]string{
 			"BatchSize": "BATCH_SIZE", "PollInterval": "POLL_INTERVAL", "MinPoll": "POLL_INTERVAL",
-			"ShutdownTimeout": "SHUTDOWN_TIMEOUT",
+			"ShutdownTimeout": "SHUTDOWN_TIMEOUT", "LeaseTimeout": "LEASE_TIMEOUT",
 		})
 	}
 	return cfg, nil

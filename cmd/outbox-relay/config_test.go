@@ -26,6 +26,7 @@ func TestBadConfigurationExitsTwoNamingTheVariable(t *testing.T) {
 		{"shutdown zero", "RELAY_SHUTDOWN_TIMEOUT", append(base, "RELAY_SHUTDOWN_TIMEOUT=0s"), nil},
 		{"attempts zero", "RELAY_MAX_ATTEMPTS", append(base, "RELAY_MAX_ATTEMPTS=0"), nil},
 		{"lease zero", "RELAY_LEASE_TIMEOUT", append(base, "RELAY_LEASE_TIMEOUT=0s"), nil},
+		{"lease tiny", "RELAY_LEASE_TIMEOUT", append(base, "RELAY_LEASE_TIMEOUT=10ms"), nil},
 		{"retention negative", "RELAY_RETENTION", append(base, "RELAY_RETENTION=-1h"), nil},
 		{"log level", "RELAY_LOG_LEVEL", append(base, "RELAY_LOG_LEVEL=loud"), nil},
 		{"log format", "RELAY_LOG_FORMAT", append(base, "RELAY_LOG_FORMAT=xml"), nil},
@@ -63,7 +64,7 @@ func TestUsage(t *testing.T) {
 	}
 	// Every variable the relay reads is documented in help.
 	for _, v := range []string{"DATABASE_URL", "AMQP_URL", "TABLE", "EXCHANGE", "BATCH_SIZE", "POLL_INTERVAL", "MAX_ATTEMPTS",
-		"LEASE_TIMEOUT", "RETENTION", "HTTP_ADDR", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT"} {
+		"LEASE_TIMEOUT", "REPLICA_NAME", "RETENTION", "HTTP_ADDR", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT"} {
 		if !strings.Contains(out, "RELAY_"+v) {
 			t.Errorf("help does not mention RELAY_%s", v)
 		}

@@ -21,7 +21,7 @@ oldest running transaction (which holds publishing back while it runs).
 
 type statusReport struct {
 	postgres.Status
-	Replica string `json:"replica"`
+	Replica string `json:"replica"` // the replica running this command
 }
 
 func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -49,7 +49,10 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("status of %s: %w", postgres.Describe(e.DatabaseURL), err)
 	}
-	host, _ := os.Hostname()
+	host := e.ReplicaName
+	if host == "" {
+		host, _ = os.Hostname()
+	}
 	rep := statusReport{Status: st, Replica: host}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -59,6 +62,14 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fmt.Fprintf(stdout, "pending               %d\n", st.Pending)
 	fmt.Fprintf(stdout, "dead                  %d\n", st.Dead)
 	fmt.Fprintf(stdout, "oldest pending age    %.1fs\n", st.OldestPendingAgeSeconds)
+	switch {
+	case st.Leader == "":
+		fmt.Fprintf(stdout, "leader                none\n")
+	case st.LeaseRemainingSeconds < 0:
+		fmt.Fprintf(stdout, "leader                %s (lease lapsed %.1fs ago; a standby may take over)\n", st.Leader, -st.LeaseRemainingSeconds)
+	default:
+		fmt.Fprintf(stdout, "leader                %s (lease %.1fs left, epoch %d)\n", st.Leader, st.LeaseRemainingSeconds, st.Epoch)
+	}
 	fmt.Fprintf(stdout, "position              %s", st.Position)
 	if !st.PositionUpdatedAt.IsZero() {
 		fmt.Fprintf(stdout, " (moved %s ago)", time.Since(st.PositionUpdatedAt).Round(time.Second))

@@ -18,8 +18,18 @@ type queries struct {
 	ensurePosition string
 	// position reads the recorded position (primary key lookup).
 	position string
-	// record stores a position (primary key update).
+	// record stores a position, only under the current lease epoch
+	// (primary key update): a deposed replica's write matches no row.
 	record string
+	// acquire takes the lease if it is free, lapsed or already ours,
+	// bumping the epoch, and returns the epoch and the position.
+	acquire string
+	// leaseHolder describes who holds the lease, for the standby's log.
+	leaseHolder string
+	// renew extends our lease, if it is still ours.
+	renew string
+	// release gives our lease up at a clean stop.
+	release string
 	// horizon returns the next transaction id to be assigned and the
 	// newest txid in the table (one index-only probe of
 	// outbox_txid_id_idx; max(xid8) needs PostgreSQL 15), to detect a
@@ -61,18 +71,33 @@ INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`
 SELECT txid::text AS txid_text, id FROM %s WHERE outbox_table = $1`, pos),
 		record: fmt.Sprintf(`
 UPDATE %s SET txid = $2::text::xid8, id = $3, updated_at = now()
- WHERE outbox_table = $1`, pos),
+ WHERE outbox_table = $1 AND epoch = $4`, pos),
+		acquire: fmt.Sprintf(`
+UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond'
+ WHERE outbox_table = $1
+   AND (holder IS NULL OR holder = $2 OR lease_until IS NULL OR lease_until < now())
+RETURNING epoch, txid::text AS txid_text, id`, pos),
+		leaseHolder: fmt.Sprintf(`
+SELECT coalesce(holder, ''), coalesce(extract(epoch FROM lease_until - now()), 0)::float8
+  FROM %s WHERE outbox_table = $1`, pos),
+		renew: fmt.Sprintf(`
+UPDATE %s SET lease_until = now() + $4 * interval '1 millisecond'
+ WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
+		release: fmt.Sprintf(`
+UPDATE %s SET holder = NULL, lease_until = NULL
+ WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
 		horizon: fmt.Sprintf(`
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
        coalesce((SELECT txid FROM %s ORDER BY txid DESC LIMIT 1), '0')::text`, outbox),
 		status: fmt.Sprintf(`
-SELECT p.txid::text, p.id, p.updated_at,
+SELECT p.txid::text AS txid_text, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''),
+       coalesce(extract(epoch FROM p.lease_until - now()), 0)::float8,
        count(o.id),
        coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8
   FROM %s p
   LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
  WHERE p.outbox_table = $1
- GROUP BY p.txid, p.id, p.updated_at`, pos, outbox),
+ GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.lease_until`, pos, outbox),
 		heldBack: fmt.Sprintf(`
 SELECT EXISTS (
   SELECT 1 FROM %s o, %s p

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,6 +25,13 @@ type Config struct {
 	Table Table
 	// MaxConns caps the pool. Zero means 4.
 	MaxConns int32
+	// Replica names this replica in the lease (RELAY_REPLICA_NAME). Each
+	// running replica needs its own name: a replica that starts with the
+	// name of the lease holder takes the lease over at once.
+	Replica string
+	// LeaseTimeout is how long a lease lasts without renewal. Zero means
+	// relay.DefaultLeaseTimeout.
+	LeaseTimeout time.Duration
 }
 
 // Validate reports the first field that cannot work.
@@ -39,6 +48,9 @@ func (c Config) Validate() error {
 	if c.MaxConns < 0 {
 		return &relay.ConfigError{Field: "MaxConns", Problem: "must not be negative"}
 	}
+	if c.LeaseTimeout < 0 {
+		return &relay.ConfigError{Field: "LeaseTimeout", Problem: "must not be negative"}
+	}
 	return nil
 }
 
@@ -51,10 +63,13 @@ const callTimeout = 30 * time.Second
 // PostgreSQL. It implements relay.Store. Its pool connects lazily and
 // reconnects by itself, so a database that is down only fails calls.
 type Store struct {
-	pool  *pgxpool.Pool
-	table Table
-	q     queries
-	key   string // schema-qualified table name, resolved by Start
+	pool         *pgxpool.Pool
+	table        Table
+	q            queries
+	key          string // schema-qualified table name, resolved by Start
+	replica      string
+	leaseTimeout time.Duration
+	epoch        atomic.Int64 // of the lease this replica holds
 }
 
 // Open returns a Store. It does not connect yet.
@@ -77,7 +92,15 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
-	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table)}, nil
+	replica := cfg.Replica
+	if replica == "" {
+		replica, _ = os.Hostname()
+	}
+	lease := cfg.LeaseTimeout
+	if lease == 0 {
+		lease = relay.DefaultLeaseTimeout
+	}
+	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table), replica: replica, leaseTimeout: lease}, nil
 }
 
 // Close closes the pool.
@@ -182,12 +205,12 @@ func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]re
 func (s *Store) Record(ctx context.Context, pos relay.Position) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, s.q.record, s.key, strconv.FormatUint(pos.TxID, 10), pos.ID)
+	tag, err := s.pool.Exec(ctx, s.q.record, s.key, strconv.FormatUint(pos.TxID, 10), pos.ID, s.epoch.Load())
 	if err != nil {
 		return err
 	}
 	if tag.RowsAffected() != 1 {
-		return fmt.Errorf("position row for %s is missing", s.key)
+		return relay.ErrLeaseLost // another replica took the lease (or the row was removed)
 	}
 	return nil
 }
@@ -200,6 +223,9 @@ type Status struct {
 	Pending                 int64     `json:"pending"`
 	Dead                    int64     `json:"dead"`
 	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
+	Leader                  string    `json:"leader"`                  // replica holding the lease; empty if none
+	LeaseRemainingSeconds   float64   `json:"lease_remaining_seconds"` // until the lease lapses; negative once lapsed
+	Epoch                   int64     `json:"epoch"`                   // lease epoch (fencing token)
 	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
 }
 
@@ -222,7 +248,8 @@ func (s *Store) Status(ctx context.Context) (Status, error) {
 	st := Status{Table: key, Position: "none"}
 	var txid string
 	var id int64
-	err = s.pool.QueryRow(ctx, s.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Pending, &st.OldestPendingAgeSeconds)
+	err = s.pool.QueryRow(ctx, s.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Epoch, &st.Leader,
+		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		// The relay never started on this table: everything is pending.
