@@ -76,6 +76,12 @@ func TestReplicasTakeOverWithoutSplitBrain(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // writes under the third leader, too
 	r.stopWrites()
 	r.drained(t)
+
+	// status names the leader while it runs.
+	code, out := runCmd(t, []string{"RELAY_DATABASE_URL=" + r.dbURL}, "status", "--json")
+	if code != 0 || !strings.Contains(out, `"leader":"`+third+`"`) {
+		t.Fatalf("status: exit %d, %s; want leader %s", code, out, third)
+	}
 	for name, p := range procs {
 		if name != first {
 			stopClean(t, p)
@@ -83,10 +89,4 @@ func TestReplicasTakeOverWithoutSplitBrain(t *testing.T) {
 	}
 	// Two faults, each worth at most one in-flight window.
 	r.check(t, 2*window)
-
-	// status names the leader while it runs.
-	code, out := runCmd(t, []string{"RELAY_DATABASE_URL=" + r.dbURL}, "status", "--json")
-	if code != 0 || !strings.Contains(out, `"leader":"`+third+`"`) {
-		t.Fatalf("status: exit %d, %s; want leader %s", code, out, third)
-	}
 }
