@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS outbox_relay_position (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     epoch        bigint      NOT NULL DEFAULT 0,
     holder       text        NULL,
-    lease_until  timestamptz NULL
+    lease_until  timestamptz NULL,
+    state        text        NULL
 );
 
 COMMENT ON TABLE outbox_relay_position IS
@@ -98,6 +99,8 @@ COMMENT ON COLUMN outbox_relay_position.holder IS
     'RELAY_REPLICA_NAME of the replica that holds the lease (publishes this table); NULL when released.';
 COMMENT ON COLUMN outbox_relay_position.lease_until IS
     'Database time until which the holder''s lease is valid. The holder renews it every third of RELAY_LEASE_TIMEOUT and stops publishing well before it lapses; another replica may take over after it.';
+COMMENT ON COLUMN outbox_relay_position.state IS
+    'What the holder reported at its last lease renewal: publishing, or paused and why (e.g. the broker blocks publishers).';
 COMMENT ON INDEX outbox_relay_position_pkey IS
     'One position per outbox table.';
 

@@ -32,6 +32,8 @@ type pipeline struct {
 	// stalled is set when a flight can only fail (a row that cannot
 	// become a message): nothing more is read until the failure is seen.
 	stalled bool
+	// paused is set while the broker blocks publishers.
+	paused bool
 	// deadline is the local time until which the lease is surely valid;
 	// nothing is published after it.
 	deadline time.Time
@@ -51,11 +53,24 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	if stopping && len(p.flights) == 0 {
 		return errStopped
 	}
+	var unblocked <-chan struct{}
 	if !stopping && p.readDue && !p.stalled && p.inFlight < p.r.cfg.window() {
 		if time.Now().After(p.deadline) {
 			return ErrLeaseLost // not renewed in time: another replica may lead now
 		}
-		return p.publish(ctx)
+		ready := p.r.pub.Ready()
+		if closed(ready) {
+			if p.paused {
+				p.paused = false
+				p.r.log.Info("resumed publishing: the broker unblocked")
+			}
+			return p.publish(ctx)
+		}
+		if !p.paused {
+			p.paused = true
+			p.r.log.Warn("paused publishing: the broker is blocking publishers (resource alarm); nothing is read or buffered meanwhile")
+		}
+		unblocked = ready
 	}
 	var done <-chan struct{}
 	if len(p.flights) > 0 {
@@ -77,6 +92,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		return p.record(finish)
 	case <-finish.Done():
 		return p.record(finish) // reports the shutdown timeout
+	case <-unblocked:
 	case <-tick:
 		p.readDue = true
 	case <-wake:
@@ -198,7 +214,11 @@ func (p *pipeline) record(finish context.Context) error {
 // again whatever happens, so a failed renewal is retried.
 func (p *pipeline) renewLease(ctx context.Context) error {
 	t0 := time.Now()
-	err := p.r.store.Renew(ctx)
+	state := "publishing"
+	if p.paused {
+		state = "paused: the broker is blocking publishers"
+	}
+	err := p.r.store.Renew(ctx, state)
 	if err == nil {
 		p.deadline = t0.Add(p.r.cfg.leaseValid())
 		p.renew.Reset(p.r.cfg.renewEvery())

@@ -23,9 +23,10 @@ type Store interface {
 	// the table, and returns the recorded position. It fails with an error
 	// wrapping ErrLeaseHeld while another replica holds the lease.
 	Acquire(ctx context.Context) (Position, error)
-	// Renew extends the lease by the lease timeout. It fails with
-	// ErrLeaseLost if another replica took it.
-	Renew(ctx context.Context) error
+	// Renew extends the lease by the lease timeout and records state (what
+	// the leader is doing, for status). It fails with ErrLeaseLost if
+	// another replica took the lease.
+	Renew(ctx context.Context, state string) error
 	// Release gives the lease up (at a clean stop).
 	Release(ctx context.Context) error
 	// Record stores pos as the recorded position. It fails with
@@ -44,6 +45,10 @@ type Publisher interface {
 	// channel). The core calls it after any failure, before publishing
 	// again from the recorded position.
 	Reset()
+	// Ready is closed while the broker accepts publishing; while it
+	// blocks publishers (a resource alarm) it is open, and closed when
+	// the broker unblocks. The core publishes nothing meanwhile.
+	Ready() <-chan struct{}
 }
 
 // Confirmation is the broker's answer for one Publish call.

@@ -244,6 +244,12 @@ func (s stalled) Publish(context.Context, []relay.Message) relay.Confirmation {
 
 func (s stalled) Reset() {}
 
+func (s stalled) Ready() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
 type stalledConfirmation struct{}
 
 func (stalledConfirmation) Done() <-chan struct{} { return nil }

@@ -47,11 +47,7 @@ func newRigOn(t *testing.T, dbURL string) *rig {
 	t.Helper()
 	r := &rig{dbURL: dbURL, broker: testenv.NewBroker(t), ledger: ledger.New()}
 	queue := r.broker.DeclareQueue(t, "", "events")
-	var err error
-	if r.pool, err = pgxpool.New(context.Background(), r.dbURL); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.pool.Close)
+	r.pool = newPool(t, r.dbURL)
 	r.env = []string{"RELAY_DATABASE_URL=" + r.dbURL, "RELAY_AMQP_URL=" + r.broker.URL,
 		"RELAY_BATCH_SIZE=100", "RELAY_SHUTDOWN_TIMEOUT=20s", "RELAY_POLL_INTERVAL=20ms"}
 
@@ -63,6 +59,16 @@ func newRigOn(t *testing.T, dbURL string) *rig {
 		r.wg.Wait()
 	})
 	return r
+}
+
+func newPool(t *testing.T, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // write starts writers that commit (and sometimes roll back) until

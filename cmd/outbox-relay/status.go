@@ -68,7 +68,7 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	case st.LeaseRemainingSeconds < 0:
 		fmt.Fprintf(stdout, "leader                %s (lease lapsed %.1fs ago; a standby may take over)\n", st.Leader, -st.LeaseRemainingSeconds)
 	default:
-		fmt.Fprintf(stdout, "leader                %s (lease %.1fs left, epoch %d)\n", st.Leader, st.LeaseRemainingSeconds, st.Epoch)
+		fmt.Fprintf(stdout, "leader                %s (lease %.1fs left, epoch %d): %s\n", st.Leader, st.LeaseRemainingSeconds, st.Epoch, st.LeaderState)
 	}
 	fmt.Fprintf(stdout, "position              %s", st.Position)
 	if !st.PositionUpdatedAt.IsZero() {

@@ -44,12 +44,13 @@ func (s *Store) Acquire(ctx context.Context) (relay.Position, error) {
 	return pos, nil
 }
 
-// Renew implements relay.Store: it extends the lease by the lease timeout,
-// or fails with relay.ErrLeaseLost if another replica took it.
-func (s *Store) Renew(ctx context.Context) error {
+// Renew implements relay.Store: it extends the lease by the lease timeout
+// and records the leader's state, or fails with relay.ErrLeaseLost if
+// another replica took the lease.
+func (s *Store) Renew(ctx context.Context, state string) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, s.q.renew, s.key, s.epoch.Load(), s.replica, s.leaseTimeout.Milliseconds())
+	tag, err := s.pool.Exec(ctx, s.q.renew, s.key, s.epoch.Load(), s.replica, s.leaseTimeout.Milliseconds(), state)
 	if err != nil {
 		return fmt.Errorf("renew lease: %w", err)
 	}

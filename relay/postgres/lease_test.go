@@ -51,13 +51,13 @@ func TestLeaseFencesADeposedReplica(t *testing.T) {
 	if err := a.Record(ctx, relay.Position{TxID: 2, ID: 2}); !errors.Is(err, relay.ErrLeaseLost) {
 		t.Fatalf("a: Record after losing the lease = %v, want ErrLeaseLost", err)
 	}
-	if err := a.Renew(ctx); !errors.Is(err, relay.ErrLeaseLost) {
+	if err := a.Renew(ctx, "publishing"); !errors.Is(err, relay.ErrLeaseLost) {
 		t.Fatalf("a: Renew after losing the lease = %v, want ErrLeaseLost", err)
 	}
 	if _, err := a.Acquire(ctx); !errors.Is(err, relay.ErrLeaseHeld) {
 		t.Fatalf("a: Acquire while b leads = %v, want ErrLeaseHeld", err)
 	}
-	if err := bb.Renew(ctx); err != nil {
+	if err := bb.Renew(ctx, "publishing"); err != nil {
 		t.Fatalf("b: Renew = %v", err)
 	}
 

@@ -73,7 +73,8 @@ SELECT txid::text AS txid_text, id FROM %s WHERE outbox_table = $1`, pos),
 UPDATE %s SET txid = $2::text::xid8, id = $3, updated_at = now()
  WHERE outbox_table = $1 AND epoch = $4`, pos),
 		acquire: fmt.Sprintf(`
-UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond'
+UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond',
+       state = 'publishing'
  WHERE outbox_table = $1
    AND (holder IS NULL OR holder = $2 OR lease_until IS NULL OR lease_until < now())
 RETURNING epoch, txid::text AS txid_text, id`, pos),
@@ -81,23 +82,23 @@ RETURNING epoch, txid::text AS txid_text, id`, pos),
 SELECT coalesce(holder, ''), coalesce(extract(epoch FROM lease_until - now()), 0)::float8
   FROM %s WHERE outbox_table = $1`, pos),
 		renew: fmt.Sprintf(`
-UPDATE %s SET lease_until = now() + $4 * interval '1 millisecond'
+UPDATE %s SET lease_until = now() + $4 * interval '1 millisecond', state = $5
  WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
 		release: fmt.Sprintf(`
-UPDATE %s SET holder = NULL, lease_until = NULL
+UPDATE %s SET holder = NULL, lease_until = NULL, state = NULL
  WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
 		horizon: fmt.Sprintf(`
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
        coalesce((SELECT txid FROM %s ORDER BY txid DESC LIMIT 1), '0')::text`, outbox),
 		status: fmt.Sprintf(`
-SELECT p.txid::text AS txid_text, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''),
+SELECT p.txid::text AS txid_text, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''), coalesce(p.state, ''),
        coalesce(extract(epoch FROM p.lease_until - now()), 0)::float8,
        count(o.id),
        coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8
   FROM %s p
   LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
  WHERE p.outbox_table = $1
- GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.lease_until`, pos, outbox),
+ GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.state, p.lease_until`, pos, outbox),
 		heldBack: fmt.Sprintf(`
 SELECT EXISTS (
   SELECT 1 FROM %s o, %s p

@@ -224,6 +224,7 @@ type Status struct {
 	Dead                    int64     `json:"dead"`
 	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
 	Leader                  string    `json:"leader"`                  // replica holding the lease; empty if none
+	LeaderState             string    `json:"leader_state"`            // what the leader reported at its last renewal
 	LeaseRemainingSeconds   float64   `json:"lease_remaining_seconds"` // until the lease lapses; negative once lapsed
 	Epoch                   int64     `json:"epoch"`                   // lease epoch (fencing token)
 	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
@@ -248,7 +249,7 @@ func (s *Store) Status(ctx context.Context) (Status, error) {
 	st := Status{Table: key, Position: "none"}
 	var txid string
 	var id int64
-	err = s.pool.QueryRow(ctx, s.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Epoch, &st.Leader,
+	err = s.pool.QueryRow(ctx, s.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Epoch, &st.Leader, &st.LeaderState,
 		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):

@@ -110,6 +110,10 @@ type Broker struct {
 	// would overtake the failed ones, which the core republishes first.
 	broken bool
 	next   int // index of the URL to try first
+	// ready is closed unless the broker blocks the connection; blockReason
+	// is the broker's reason while it does.
+	ready       chan struct{}
+	blockReason string
 }
 
 // errAwaitingReset refuses to publish after a failure until Reset.
@@ -174,7 +178,7 @@ func New(cfg Config) (*Broker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Broker{cfg: cfg, log: log}, nil
+	return &Broker{cfg: cfg, log: log, ready: closedChan}, nil
 }
 
 // closeTimeout bounds closing a connection. A broker under a resource
@@ -195,6 +199,7 @@ func (b *Broker) Close() error {
 func (b *Broker) detachLocked() *amqp.Connection {
 	conn := b.conn
 	b.conn, b.ch = nil, nil
+	b.setBlockedLocked(false, "") // a new connection starts unblocked
 	return conn
 }
 
@@ -285,15 +290,7 @@ func (b *Broker) dial(u string) (*amqp.Connection, error) {
 	// connection closes, so the client can never block on us.
 	blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
-	go func() {
-		for blk := range blocked {
-			if blk.Active {
-				b.log.Warn("broker is blocking publishers (resource alarm)", "reason", blk.Reason)
-			} else {
-				b.log.Info("broker unblocked publishers")
-			}
-		}
-	}()
+	go b.watchBlocked(conn, blocked)
 	go func() {
 		if err, ok := <-closed; ok && err != nil {
 			b.log.Warn("broker connection lost", "err", err)
