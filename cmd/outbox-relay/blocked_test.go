@@ -103,3 +103,53 @@ func TestPausesWhileTheBrokerBlocks(t *testing.T) {
 	}
 	r.check(t, 0)
 }
+
+// TestSurvivesBrokerStopAndStart: the broker application stops (every
+// connection dropped, the node refusing new ones) and starts again, twice,
+// under load.
+func TestSurvivesBrokerStopAndStart(t *testing.T) {
+	t.Parallel()
+	node := testenv.NewRabbitServer(t)
+	conn, err := amqp.Dial(node.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("events", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+
+	dbURL := testenv.Database(t)
+	r := &rig{dbURL: dbURL, ledger: ledger.New(), pool: newPool(t, dbURL)}
+	r.env = []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=" + node.URL,
+		"RELAY_BATCH_SIZE=100", "RELAY_POLL_INTERVAL=20ms"}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &ledger.Consumer{URL: node.URL, Queue: "events", Ledger: r.ledger}
+	r.wg.Go(func() { c.Run(ctx) })
+	defer func() { cancel(); r.wg.Wait() }()
+	r.write(t, 4)
+
+	p := start(t, r.env)
+	p.waitLog("connected to broker", 30*time.Second)
+	const stops = 2
+	for range stops {
+		time.Sleep(300 * time.Millisecond)
+		node.Ctl(t, "stop_app")
+		time.Sleep(500 * time.Millisecond)
+		node.Ctl(t, "start_app")
+	}
+	time.Sleep(300 * time.Millisecond)
+	r.stopWrites()
+	r.drained(t)
+	select {
+	case <-p.done:
+		t.Fatalf("the relay exited while the broker was stopped: %v", p.err)
+	default:
+	}
+	stopClean(t, p)
+	r.check(t, stops*window)
+}
