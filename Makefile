@@ -9,7 +9,7 @@ PKGS      ?= ./...
 
 export GOFLAGS
 
-.PHONY: build test demo bench vet fmt-check
+.PHONY: build test demo bench chaos vet fmt-check
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
@@ -29,6 +29,14 @@ bench:
 	scripts/servers.sh run -- sh -c '$(GO) test -run "^$$" -bench . -benchtime 1x -timeout 30m ./relay/ && \
 		$(GO) test -run "^$$" -bench . -benchtime 2s ./outbox/'
 
+
+# chaos runs the chaos test for CHAOS_DURATION (make test runs it for 40s):
+# writers, two replicas and a consumer on servers of its own while faults
+# are injected one after another; it prints the fault counts and the
+# verdict (lost, unexpected, order, duplicates).
+CHAOS_DURATION ?= 10m
+chaos:
+	$(GO) test -race -count=1 -timeout 0 -run '^TestChaos$$' -v ./cmd/outbox-relay/ -chaos.duration=$(CHAOS_DURATION)
 
 vet:
 	$(GO) vet $(PKGS)

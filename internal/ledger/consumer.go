@@ -17,6 +17,8 @@ type Consumer struct {
 	URL    string
 	Queue  string
 	Ledger *Ledger
+	// Observe, if set, runs at every delivery (to measure gaps).
+	Observe func()
 }
 
 // Run consumes until ctx ends.
@@ -55,6 +57,9 @@ func (c *Consumer) consume(ctx context.Context, seen map[string]bool) {
 		case d, ok := <-deliveries:
 			if !ok {
 				return
+			}
+			if c.Observe != nil {
+				c.Observe()
 			}
 			if !(d.Redelivered && seen[d.MessageId]) {
 				c.Ledger.Delivered(d.MessageId, d.Body)

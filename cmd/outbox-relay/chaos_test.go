@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/ledger"
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+)
+
+var chaosDuration = flag.Duration("chaos.duration", 40*time.Second,
+	"how long TestChaos injects faults (make chaos runs it for longer)")
+
+// TestChaos runs writers (with rollbacks and hot aggregates), two relay
+// replicas and a consumer against a PostgreSQL and a RabbitMQ of its own,
+// and injects one fault after another at random moments: SIGKILL and
+// restart of a replica, SIGSTOP/SIGCONT of the leader, the relays' broker
+// connections closed, the broker application stopped and started, a memory
+// alarm, the relays' database backends terminated, and an immediate
+// database restart. Then it checks what was delivered against what was
+// committed: nothing lost, nothing rolled back delivered, per-aggregate
+// order intact, duplicates within one in-flight window per fault.
+func TestChaos(t *testing.T) {
+	t.Parallel()
+	const lease = 2 * time.Second
+	pg := testenv.NewPostgresServer(t)
+	node := testenv.NewRabbitServer(t)
+	// The consumer connects as its own user, so closing the relays'
+	// connections (user guest) leaves it alone.
+	node.Ctl(t, "add_user", "consumer", "consumer")
+	node.Ctl(t, "set_permissions", "-p", "/", "consumer", ".*", ".*", ".*")
+	consumerURL := strings.Replace(node.URL, "guest:guest", "consumer:consumer", 1)
+	declare(t, node.URL, "events")
+
+	dbURL := pg.Database(t)
+	r := &rig{dbURL: dbURL, ledger: ledger.New(), pool: newPool(t, dbURL)}
+	r.env = []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=" + node.URL,
+		"RELAY_BATCH_SIZE=100", "RELAY_POLL_INTERVAL=20ms", "RELAY_LEASE_TIMEOUT=" + lease.String()}
+	gaps := &gapMeter{}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &ledger.Consumer{URL: consumerURL, Queue: "events", Ledger: r.ledger, Observe: gaps.tick}
+	r.wg.Go(func() { c.Run(ctx) })
+	defer func() { cancel(); r.wg.Wait() }()
+	r.writeThrough(t, 6, true)
+
+	replicas := map[string]*proc{}
+	startReplica := func(name string) {
+		replicas[name] = start(t, append(r.env, "RELAY_REPLICA_NAME="+name))
+	}
+	startReplica("c1")
+	startReplica("c2")
+	leader := func() string { return r.leader(t, "", 30*time.Second) }
+	leader()
+
+	faults := map[string]int{}
+	end := time.Now().Add(*chaosDuration)
+	for time.Now().Before(end) {
+		time.Sleep(time.Duration(300+rand.N(1200)) * time.Millisecond)
+		switch kind := []string{"kill", "freeze", "close", "stop_app", "alarm", "terminate", "pg_restart"}[rand.N(7)]; kind {
+		case "kill":
+			name := leader()
+			replicas[name].signal(syscall.SIGKILL)
+			replicas[name].wait(10 * time.Second)
+			startReplica(name)
+			faults[kind]++
+		case "freeze":
+			p := replicas[leader()]
+			p.signal(syscall.SIGSTOP)
+			time.Sleep(lease + time.Second) // another takes over
+			p.signal(syscall.SIGCONT)
+			faults[kind]++
+		case "close":
+			node.Ctl(t, "close_all_user_connections", "guest", "chaos")
+			faults[kind]++
+		case "stop_app":
+			node.Ctl(t, "stop_app")
+			time.Sleep(time.Duration(200+rand.N(800)) * time.Millisecond)
+			node.Ctl(t, "start_app")
+			faults[kind]++
+		case "alarm":
+			node.Ctl(t, "set_vm_memory_high_watermark", "0.000001")
+			time.Sleep(time.Duration(500+rand.N(1000)) * time.Millisecond)
+			node.Ctl(t, "set_vm_memory_high_watermark", "0.4")
+			faults[kind]++
+		case "terminate":
+			var n int
+			if err := r.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE datname = current_database() AND application_name LIKE 'outbox-relay%'`).Scan(&n); err == nil && n > 0 {
+				faults[kind]++
+			}
+		case "pg_restart":
+			pg.Restart(t)
+			faults[kind]++
+		}
+	}
+
+	time.Sleep(500 * time.Millisecond)
+	r.stopWrites()
+	r.drained(t)
+	for _, p := range replicas {
+		select {
+		case <-p.done: // killed earlier and replaced
+		default:
+			stopClean(t, p)
+		}
+	}
+	total := 0
+	var kinds []string
+	for k, n := range faults {
+		total += n
+		kinds = append(kinds, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(kinds)
+	rep := r.check(t, total*window)
+	t.Logf("chaos for %s: %d faults (%s); %s; longest gap between deliveries %s",
+		*chaosDuration, total, strings.Join(kinds, ", "), rep, gaps.longest().Round(time.Millisecond))
+}
+
+func declare(t *testing.T, amqpURL, queue string) {
+	t.Helper()
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gapMeter records the longest time between two deliveries.
+type gapMeter struct {
+	mu   sync.Mutex
+	last time.Time
+	max  time.Duration
+}
+
+func (g *gapMeter) tick() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := time.Now()
+	if !g.last.IsZero() && now.Sub(g.last) > g.max {
+		g.max = now.Sub(g.last)
+	}
+	g.last = now
+}
+
+func (g *gapMeter) longest() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.max
+}
+
