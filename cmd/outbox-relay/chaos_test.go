@@ -164,4 +164,3 @@ func (g *gapMeter) longest() time.Duration {
 	defer g.mu.Unlock()
 	return g.max
 }
-
