@@ -104,6 +104,51 @@ COMMENT ON COLUMN outbox_relay_position.state IS
 COMMENT ON INDEX outbox_relay_position_pkey IS
     'One position per outbox table.';
 
+CREATE TABLE IF NOT EXISTS outbox_relay_parked (
+    outbox_table    text        NOT NULL,
+    id              bigint      NOT NULL,
+    txid            xid8        NOT NULL,
+    aggregate_type  text        NOT NULL,
+    aggregate_id    text        NOT NULL,
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    dead            boolean     NOT NULL DEFAULT false,
+    last_error      text        NULL,
+    parked_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (outbox_table, id)
+);
+
+COMMENT ON TABLE outbox_relay_parked IS
+    'Relay-owned: outbox rows the relay could not publish yet, and the rows of the same aggregate waiting behind them, so that other aggregates keep flowing. The outbox row itself stays where it is.';
+COMMENT ON COLUMN outbox_relay_parked.outbox_table IS
+    'The outbox table the row belongs to (schema-qualified).';
+COMMENT ON COLUMN outbox_relay_parked.id IS
+    'The outbox row''s id.';
+COMMENT ON COLUMN outbox_relay_parked.txid IS
+    'The outbox row''s txid: with id, the order in which an aggregate''s parked rows are published.';
+COMMENT ON COLUMN outbox_relay_parked.aggregate_type IS
+    'The outbox row''s aggregate_type.';
+COMMENT ON COLUMN outbox_relay_parked.aggregate_id IS
+    'The outbox row''s aggregate_id: later rows of a parked aggregate wait behind its first parked row.';
+COMMENT ON COLUMN outbox_relay_parked.attempts IS
+    'Failed publish attempts; 0 for a row that only waits behind an earlier one of its aggregate.';
+COMMENT ON COLUMN outbox_relay_parked.next_attempt_at IS
+    'When the relay tries the row again (capped exponential backoff).';
+COMMENT ON COLUMN outbox_relay_parked.dead IS
+    'True after RELAY_MAX_ATTEMPTS failed attempts: no longer retried until an operator runs outbox-relay dead retry (or drops it with dead drop). Its aggregate waits meanwhile.';
+COMMENT ON COLUMN outbox_relay_parked.last_error IS
+    'Why the last attempt failed (the broker''s reply code and text, or why the row cannot become a message).';
+COMMENT ON COLUMN outbox_relay_parked.parked_at IS
+    'When the row was parked.';
+COMMENT ON INDEX outbox_relay_parked_pkey IS
+    'One entry per outbox row.';
+
+CREATE INDEX IF NOT EXISTS outbox_relay_parked_order_idx
+    ON outbox_relay_parked (outbox_table, aggregate_type, aggregate_id, txid, id);
+
+COMMENT ON INDEX outbox_relay_parked_order_idx IS
+    'Serves finding the first parked row of each aggregate, in publishing order.';
+
 -- Optional low-latency wake-up. The relay always LISTENs on the channel
 -- outbox_relay and always polls as well, so this trigger is not created by
 -- default: every notifying commit takes a cluster-wide lock, which costs busy

@@ -16,6 +16,9 @@ const (
 	DefaultRetryMin        = 100 * time.Millisecond
 	DefaultRetryMax        = 10 * time.Second
 	DefaultLeaseTimeout    = 10 * time.Second
+	DefaultMaxAttempts     = 10
+	DefaultParkRetryMin    = time.Second
+	DefaultParkRetryMax    = 5 * time.Minute
 	maxBatchSize           = 10000
 )
 
@@ -48,6 +51,13 @@ type Config struct {
 	// every third of it and stops publishing once three quarters have
 	// passed since its last successful renewal began.
 	LeaseTimeout time.Duration
+
+	// MaxAttempts is how many failed attempts make a rejected row dead.
+	MaxAttempts int
+
+	// ParkRetryMin and ParkRetryMax bound the backoff between attempts
+	// at a parked row: ParkRetryMin after the first failure, doubling.
+	ParkRetryMin, ParkRetryMax time.Duration
 
 	// RetryMin and RetryMax bound the jittered exponential backoff after a
 	// failed round or start.
@@ -114,6 +124,15 @@ func (c Config) WithDefaults() Config {
 	if c.LeaseTimeout == 0 {
 		c.LeaseTimeout = DefaultLeaseTimeout
 	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.ParkRetryMin == 0 {
+		c.ParkRetryMin = DefaultParkRetryMin
+	}
+	if c.ParkRetryMax == 0 {
+		c.ParkRetryMax = max(DefaultParkRetryMax, c.ParkRetryMin)
+	}
 	if c.RetryMin == 0 {
 		c.RetryMin = DefaultRetryMin
 	}
@@ -137,6 +156,10 @@ func (c Config) Validate() error {
 		return &ConfigError{"MinPoll", fmt.Sprintf("must be positive and at most PollInterval, got %s", c.MinPoll)}
 	case c.ShutdownTimeout <= 0:
 		return &ConfigError{"ShutdownTimeout", fmt.Sprintf("must be positive, got %s", c.ShutdownTimeout)}
+	case c.MaxAttempts < 1:
+		return &ConfigError{"MaxAttempts", fmt.Sprintf("must be at least 1, got %d", c.MaxAttempts)}
+	case c.ParkRetryMin <= 0 || c.ParkRetryMax < c.ParkRetryMin:
+		return &ConfigError{"ParkRetryMin", fmt.Sprintf("must be positive and at most ParkRetryMax, got %s..%s", c.ParkRetryMin, c.ParkRetryMax)}
 	case c.LeaseTimeout < 100*time.Millisecond:
 		return &ConfigError{"LeaseTimeout", fmt.Sprintf("must be at least 100ms, got %s", c.LeaseTimeout)}
 	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:

@@ -9,10 +9,16 @@ import (
 // errStopped ends Run after a clean stop.
 var errStopped = errors.New("stopped")
 
-// flight is one Publish call awaiting its confirms.
+// retryEvery is how often the leader looks for parked rows whose turn has
+// come.
+const retryEvery = time.Second
+
+// flight is one Publish call awaiting its confirms, or rows to park when the
+// position passes them (then conf is answered already).
 type flight struct {
 	rows []Row
 	conf Confirmation
+	park []Parked
 }
 
 // pipeline keeps a sliding window of published rows awaiting confirms: it
@@ -29,9 +35,6 @@ type pipeline struct {
 	idle       time.Duration // next wait for an empty outbox
 	timer      *time.Timer
 	progressed bool // the last step recorded rows
-	// stalled is set when a flight can only fail (a row that cannot
-	// become a message): nothing more is read until the failure is seen.
-	stalled bool
 	// paused is set while the broker blocks publishers.
 	paused bool
 	// deadline is the local time until which the lease is surely valid;
@@ -41,20 +44,40 @@ type pipeline struct {
 	// probe is set after a failure: the next read takes one row, and the
 	// window opens again only once that row is confirmed. A row the
 	// broker keeps returning is then retried alone, instead of taking a
-	// window of later rows with it (and duplicating them) on every retry.
+	// window of later rows with it (and duplicating them) on every
+	// retry; if it fails alone, it is the culprit and is parked.
 	probe bool
+	// parked holds the aggregates with parked rows: their new rows are
+	// parked behind them instead of published.
+	parked map[Aggregate]bool
+	// retry fires when parked rows may be due; retrying waits for the
+	// window to drain (retryWanted), so no held row is still unrecorded.
+	retry       *time.Timer
+	retryWanted bool
 }
 
-// step does one unit of work: read and publish one batch, or record the
-// flights that are confirmed, or wait for one of those to be possible.
+// step does one unit of work: read and publish one batch, record the
+// flights that are confirmed, retry parked rows, or wait for one of those.
 func (p *pipeline) step(ctx, finish context.Context) error {
 	p.progressed = false
 	stopping := ctx.Err() != nil
 	if stopping && len(p.flights) == 0 {
 		return errStopped
 	}
+	if !stopping && p.retryWanted && len(p.flights) == 0 {
+		p.retryWanted = false
+		p.retry.Reset(retryEvery)
+		if time.Now().After(p.deadline) {
+			return ErrLeaseLost
+		}
+		if err := p.retryParked(ctx, finish); err != nil {
+			return err
+		}
+		p.readDue = true
+		return nil
+	}
 	var unblocked <-chan struct{}
-	if !stopping && p.readDue && !p.stalled && p.inFlight < p.r.cfg.window() {
+	if !stopping && !p.retryWanted && p.readDue && p.inFlight < p.r.cfg.window() {
 		if time.Now().After(p.deadline) {
 			return ErrLeaseLost // not renewed in time: another replica may lead now
 		}
@@ -77,10 +100,13 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		done = p.flights[0].conf.Done()
 	}
 	var wake, stop <-chan struct{}
-	var tick <-chan time.Time
+	var tick, retry <-chan time.Time
 	if !stopping {
 		stop = ctx.Done()
-		if !p.readDue && !p.stalled {
+		if !p.paused && len(p.parked) > 0 { // nothing parked, nothing to retry
+			retry = p.retry.C
+		}
+		if !p.readDue {
 			wake = p.r.cfg.Wake
 			tick = p.pollTimer()
 		}
@@ -92,6 +118,8 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		return p.record(finish)
 	case <-finish.Done():
 		return p.record(finish) // reports the shutdown timeout
+	case <-retry:
+		p.retryWanted = true
 	case <-unblocked:
 	case <-tick:
 		p.readDue = true
@@ -102,7 +130,9 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	return nil
 }
 
-// publish reads up to a batch after the cursor and publishes it.
+// publish reads up to a batch after the cursor and publishes it, except
+// rows of parked aggregates and rows that cannot become messages, which
+// are parked when the position passes them.
 func (p *pipeline) publish(ctx context.Context) error {
 	cfg := p.r.cfg
 	limit := min(cfg.BatchSize, cfg.window()-p.inFlight)
@@ -133,23 +163,31 @@ func (p *pipeline) publish(ctx context.Context) error {
 		return nil
 	}
 
+	start := 0 // first row not yet in a flight
 	msgs := make([]Message, 0, len(rows))
 	for i := range rows {
-		m, err := NewMessage(&rows[i], cfg.Exchange)
-		if err != nil {
-			// Publish what precedes the bad row; the flight of the
-			// bad row fails once those are recorded.
-			p.push(ctx, rows[:i], msgs)
-			p.flights = append(p.flights, flight{conf: failed{err}})
-			p.stalled = true
-			return nil
+		row := &rows[i]
+		var park *Parked
+		if p.parked[row.Aggregate()] {
+			park = &Parked{Row: *row}
+		} else if m, err := NewMessage(row, cfg.Exchange); err != nil {
+			pk := cfg.failedOnce(*row, err.Error())
+			park = &pk
+			p.r.log.Warn("row cannot become a message: parked", "id", row.ID, "reason", err)
+		} else {
+			msgs = append(msgs, m)
+			continue
 		}
-		msgs = append(msgs, m)
+		p.push(ctx, rows[start:i], msgs)
+		msgs = msgs[len(msgs):]
+		p.hold(rows[i:i+1], []Parked{*park})
+		start = i + 1
 	}
-	p.push(ctx, rows, msgs)
+	p.push(ctx, rows[start:], msgs)
 	return nil
 }
 
+// push publishes rows as one flight.
 func (p *pipeline) push(ctx context.Context, rows []Row, msgs []Message) {
 	if len(rows) == 0 {
 		return
@@ -161,11 +199,23 @@ func (p *pipeline) push(ctx context.Context, rows []Row, msgs []Message) {
 	p.cursor = rows[len(rows)-1].Position()
 }
 
+// hold queues rows to be parked, in order with the flights around them.
+func (p *pipeline) hold(rows []Row, park []Parked) {
+	for _, pk := range park {
+		p.parked[pk.Row.Aggregate()] = true
+	}
+	p.flights = append(p.flights, flight{rows: rows, conf: answered(len(rows)), park: park})
+	p.inFlight += len(rows)
+	p.cursor = rows[len(rows)-1].Position()
+}
+
 // record waits for the oldest flight and every later one that is already
-// answered, then records the position once for all of them.
+// answered, then records the position once for all of them, parking what
+// they park in the same transaction.
 func (p *pipeline) record(finish context.Context) error {
 	var recorded int
 	var failure error
+	var park []Parked
 	pos := p.r.pos
 	for len(p.flights) > 0 {
 		f := p.flights[0]
@@ -176,6 +226,20 @@ func (p *pipeline) record(finish context.Context) error {
 		if n > 0 {
 			pos = f.rows[n-1].Position()
 			recorded += n
+			park = append(park, f.park...)
+		}
+		if err != nil && p.probe && len(f.rows) == 1 && n == 0 && errors.Is(err, ErrRejected) {
+			// The row failed alone: it is the culprit. Park it and
+			// go on with the rows after it.
+			row := f.rows[0]
+			park = append(park, p.r.cfg.failedOnce(row, err.Error()))
+			p.parked[row.Aggregate()] = true
+			pos = row.Position()
+			recorded++
+			p.r.pub.Reset()
+			p.r.log.Warn("row rejected: parked, its aggregate waits behind it, others go on",
+				"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "reason", err)
+			err = nil
 		}
 		if err != nil {
 			failure = errorf(finish, "publish: %w", err)
@@ -183,7 +247,7 @@ func (p *pipeline) record(finish context.Context) error {
 		}
 		p.flights = p.flights[1:]
 		p.inFlight -= len(f.rows)
-		if p.probe {
+		if p.probe && f.park == nil && n == len(f.rows) {
 			p.probe = false
 			p.readDue = true // the failed row went through: open the window
 		}
@@ -197,12 +261,18 @@ func (p *pipeline) record(finish context.Context) error {
 			rctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 		}
-		if err := p.r.store.Record(rctx, pos); err != nil {
+		var err error
+		if len(park) > 0 {
+			err = p.r.store.RecordParked(rctx, pos, park)
+		} else {
+			err = p.r.store.Record(rctx, pos)
+		}
+		if err != nil {
 			return errorf(finish, "record position %s: %w", pos, errors.Join(err, failure))
 		}
 		p.r.pos = pos
 		p.progressed = true
-		p.r.log.Debug("recorded", "position", pos.String(), "rows", recorded)
+		p.r.log.Debug("recorded", "position", pos.String(), "rows", recorded, "parked", len(park))
 		if h := p.r.cfg.Hooks.Recorded; h != nil {
 			h(pos, recorded)
 		}
@@ -232,13 +302,13 @@ func (p *pipeline) renewLease(ctx context.Context) error {
 }
 
 // reset discards everything in flight after a failure: publishing resumes
-// from the recorded position, on a fresh channel.
+// from the recorded position, on a fresh channel. Rows held in discarded
+// flights were not parked; they are read again.
 func (p *pipeline) reset() {
 	p.r.pub.Reset()
 	p.flights, p.inFlight = nil, 0
 	p.cursor = p.r.pos
 	p.readDue = true
-	p.stalled = false
 	p.probe = true
 }
 
@@ -266,10 +336,10 @@ func closed(c <-chan struct{}) bool {
 	}
 }
 
-// failed is the Confirmation of a flight that could not be published.
-type failed struct{ err error }
-
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func (f failed) Done() <-chan struct{}             { return closedChan }
-func (f failed) Wait(context.Context) (int, error) { return 0, f.err }
+// answered is the Confirmation of rows that need no broker: all n count.
+type answered int
+
+func (a answered) Done() <-chan struct{}             { return closedChan }
+func (a answered) Wait(context.Context) (int, error) { return int(a), nil }

@@ -32,6 +32,7 @@ type Store interface {
 	// Record stores pos as the recorded position. It fails with
 	// ErrLeaseLost if another replica took the lease: the write is fenced.
 	Record(ctx context.Context, pos Position) error
+	Parking
 }
 
 // Publisher sends messages to the broker with publisher confirms.
@@ -112,13 +113,13 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	}
 	for {
-		pos, deadline, ok := r.acquire(ctx)
+		pos, deadline, parked, ok := r.acquire(ctx)
 		if !ok {
 			r.log.Info("stopped", "position", r.pos.String())
 			return nil
 		}
 		r.pos = pos
-		err := r.lead(ctx, deadline)
+		err := r.lead(ctx, deadline, parked)
 		if !errors.Is(err, ErrLeaseLost) {
 			return err
 		}
@@ -130,21 +131,26 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 // acquire stands by until this replica holds the lease, and returns the
-// position to publish from and the local time until which the lease is
-// surely valid. It returns false when ctx ends first.
-func (r *Relay) acquire(ctx context.Context) (Position, time.Time, bool) {
+// position to publish from, the local time until which the lease is surely
+// valid, and the aggregates with parked rows. It returns false when ctx
+// ends first.
+func (r *Relay) acquire(ctx context.Context) (Position, time.Time, []Aggregate, bool) {
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
 	var waiting string
 	for ctx.Err() == nil {
 		t0 := time.Now()
 		pos, err := r.store.Acquire(ctx)
+		var parked []Aggregate
+		if err == nil {
+			parked, err = r.store.ParkedAggregates(ctx)
+		}
 		switch {
 		case err == nil:
-			r.log.Info("leading: took the lease", "position", pos.String())
+			r.log.Info("leading: took the lease", "position", pos.String(), "parked_aggregates", len(parked))
 			if h := r.cfg.Hooks.Leading; h != nil {
 				h()
 			}
-			return pos, t0.Add(r.cfg.leaseValid()), true
+			return pos, t0.Add(r.cfg.leaseValid()), parked, true
 		case ctx.Err() != nil:
 		case errors.Is(err, ErrLeaseHeld):
 			if waiting == "" {
@@ -157,19 +163,23 @@ func (r *Relay) acquire(ctx context.Context) (Position, time.Time, bool) {
 			r.sleep(ctx, retry.next())
 		}
 	}
-	return Position{}, time.Time{}, false
+	return Position{}, time.Time{}, nil, false
 }
 
 // lead publishes while this replica holds the lease. It returns nil after a
 // clean stop, ErrShutdownTimeout, or an error wrapping ErrLeaseLost once the
 // lease is gone (nothing more is published then).
-func (r *Relay) lead(ctx context.Context, deadline time.Time) error {
+func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate) error {
 	finish, cancel := drainContext(ctx, r.cfg.ShutdownTimeout)
 	defer cancel()
 
 	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll, deadline: deadline,
-		renew: time.NewTimer(r.cfg.renewEvery())}
+		renew: time.NewTimer(r.cfg.renewEvery()), retry: time.NewTimer(0), parked: map[Aggregate]bool{}}
 	defer p.renew.Stop()
+	defer p.retry.Stop()
+	for _, a := range parked {
+		p.parked[a] = true
+	}
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
 	var failing error
 	for {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +104,9 @@ type event struct {
 // then checks order per aggregate and returns deliveries per message id.
 func (b *bundle) delivered(t *testing.T, want int) map[string]int {
 	t.Helper()
-	ch, err := b.amqp.Dial(t).Channel()
+	conn := b.amqp.Dial(t)
+	defer conn.Close() // a consumer left behind would take later messages
+	ch, err := conn.Channel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,43 +439,73 @@ VALUES ('order', '43', 'OrderPaid', 'events', '{"id":43}')`); err != nil {
 	}
 }
 
-// TestUnroutableRowIsNotPublished: with no queue bound, the broker returns
-// the message (mandatory), so the row stays pending; once a queue is bound,
-// it drains. Retries take the returned row alone, so the rows behind it are
-// not published again on every retry.
-func TestUnroutableRowIsNotPublished(t *testing.T) {
+// waitDead waits until the table has n dead rows.
+func waitDead(t *testing.T, b *bundle, n int) []postgres.DeadRow {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		dead, err := b.store.Dead(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dead) == n {
+			return dead
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d dead rows, want %d", len(dead), n)
+		}
+	}
+}
+
+// parkFast makes parked rows die quickly.
+var parkFast = relay.Config{RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond,
+	MaxAttempts: 3, ParkRetryMin: 20 * time.Millisecond, ParkRetryMax: 50 * time.Millisecond}
+
+// TestRejectedRowIsParkedAndOthersFlow: a row the broker returns (no queue
+// bound) is not counted as published. It is parked: rows of other
+// aggregates flow on, rows of its own aggregate wait behind it, and after
+// MaxAttempts it is dead with the broker's reason. Sent back with dead
+// retry once a queue is bound, it is published, then the rows behind it, in
+// order. (Rows already in flight behind it when it is first returned are
+// delivered before it: a known limit, so the rows of its aggregate are
+// written here once it is parked.)
+func TestRejectedRowIsParkedAndOthersFlow(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	if _, err := b.pool.Exec(context.Background(), `
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, exchange, routing_key, payload)
-VALUES ('order', '1', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err != nil {
+VALUES ('agg', 'held0', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err != nil {
 		t.Fatal(err)
 	}
-	b.write(t, "behind", 20, 2)
-	failed := make(chan error, 100)
-	stop := run(t, relay.Config{RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond,
-		Hooks: relay.Hooks{RoundFailed: func(err error) {
-			select {
-			case failed <- err:
-			default:
-			}
-		}}}, b.store, b.broker)
+	b.write(t, "behind", 20, 2) // other aggregates
+	stop := run(t, parkFast, b.store, b.broker)
 	defer stop()
 
-	for range 3 { // three failed attempts, each a return
-		var ret *rabbitmq.ReturnedError
-		if err := <-failed; !errors.As(err, &ret) || ret.Code != 312 {
-			t.Fatalf("round failed with %v, want a 312 NO_ROUTE return", err)
+	seen := b.delivered(t, 20) // the other aggregates flow
+	dead := waitDead(t, b, 1)
+	if d := dead[0]; d.Attempts != 3 || !strings.Contains(d.Reason, "312") {
+		t.Fatalf("dead row %+v, want 3 attempts and a 312 NO_ROUTE reason", d)
+	}
+	if len(seen) != 20 {
+		t.Fatalf("%d distinct messages delivered, want the 20 of other aggregates", len(seen))
+	}
+	b.write(t, "held", 3, 1) // agg/held0: must wait behind the dead row
+	for deadline := time.Now().Add(30 * time.Second); waitDead(t, b, 1)[0].Waiting != 3; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the rows of the dead row's aggregate were not parked behind it")
 		}
 	}
 	st, err := b.store.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Pending != 21 {
-		t.Fatalf("pending %d after returns, want 21: a returned message is not published, nor recorded past", st.Pending)
+	if st.Dead != 1 || st.Pending != 0 {
+		t.Fatalf("status dead %d, pending %d; want 1 dead, 0 pending", st.Dead, st.Pending)
 	}
+
 	queue := b.amqp.DeclareQueue(t, "amq.direct", "nobody.listens")
+	if ids, err := b.store.RetryDead(context.Background(), true, nil); err != nil || len(ids) != 1 {
+		t.Fatalf("RetryDead = %v, %v", ids, err)
+	}
 	ch, err := b.amqp.Dial(t).Channel()
 	if err != nil {
 		t.Fatal(err)
@@ -484,15 +517,44 @@ VALUES ('order', '1', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err != 
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the row never arrived after a queue was bound")
+			t.Fatal("the retried row never arrived after a queue was bound")
 		}
 	}
-	// The 20 rows behind it: each at most twice (sent with the first
-	// window, then after the returned row went through), not once per
-	// retry.
-	seen := b.delivered(t, 20)
-	if dups := duplicates(seen); dups > 20 {
-		t.Fatalf("%d duplicates of the rows behind a returned row over 3+ retries, want at most 20", dups)
+	// The three rows behind it, in order (delivered checks the order).
+	b.delivered(t, 3)
+	waitDead(t, b, 0)
+}
+
+// TestUnmappableRowIsParked: a header number beyond a double's range passes
+// the schema's check but cannot become a message; the row is parked and
+// dies, its aggregate waits, others flow; dead drop lets its aggregate go
+// on without it.
+func TestUnmappableRowIsParked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if _, err := b.pool.Exec(context.Background(), `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, headers)
+VALUES ('agg', 'held0', 'Huge', 'events', '{}', '{"n": 1e400}')`); err != nil {
+		t.Fatal(err)
+	}
+	b.write(t, "held", 2, 1)  // behind it
+	b.write(t, "other", 5, 1) // flows
+	stop := run(t, parkFast, b.store, b.broker)
+	defer stop()
+
+	if seen := b.delivered(t, 5); len(seen) != 5 {
+		t.Fatalf("%d delivered, want only the 5 of the other aggregate", len(seen))
+	}
+	dead := waitDead(t, b, 1)
+	if !strings.Contains(dead[0].Reason, "out of range") {
+		t.Fatalf("reason %q, want the mapping error", dead[0].Reason)
+	}
+	if ids, err := b.store.DropDead(context.Background(), false, []int64{dead[0].ID}); err != nil || len(ids) != 1 {
+		t.Fatalf("DropDead = %v, %v", ids, err)
+	}
+	seen := b.delivered(t, 2) // the two behind it go on
+	if len(seen) != 2 {
+		t.Fatalf("%d delivered after the drop, want 2", len(seen))
 	}
 }
 
@@ -538,4 +600,27 @@ func (s readSignal) Read(ctx context.Context, after relay.Position, limit int) (
 	default:
 	}
 	return rows, err
+}
+
+// TestMissingExchangeRowIsParked: publishing to an exchange that does not
+// exist makes the broker close the channel (404); the row is identified,
+// parked and dies with that reason, while other rows flow.
+func TestMissingExchangeRowIsParked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if _, err := b.pool.Exec(context.Background(), `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, exchange, routing_key, payload)
+VALUES ('agg', 'lost0', 'Nowhere', 'no-such-exchange', 'k', '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	b.write(t, "other", 30, 3)
+	stop := run(t, parkFast, b.store, b.broker)
+	defer stop()
+	b.delivered(t, 30)
+	dead := waitDead(t, b, 1)
+	if !strings.Contains(dead[0].Reason, "404") {
+		t.Fatalf("reason %q, want the broker's 404", dead[0].Reason)
+	}
+	b.write(t, "later", 5, 1) // the pipeline still flows after the dead row
+	b.delivered(t, 5)
 }

@@ -23,7 +23,7 @@ type env struct {
 	Exchange        string        `envconfig:"EXCHANGE" default:"" desc:"Exchange for rows whose exchange is NULL; empty is the default exchange."`
 	BatchSize       int           `envconfig:"BATCH_SIZE" default:"500" desc:"Most rows read and published at a time. Up to two batches await confirms at once, so a crash republishes at most 2 x RELAY_BATCH_SIZE rows."`
 	PollInterval    time.Duration `envconfig:"POLL_INTERVAL" default:"100ms" desc:"Longest wait between reads of an idle outbox. After finding rows the relay polls again within 1ms, doubling the wait while nothing arrives."`
-	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a row is dead. Validated; not yet used: this version retries a failing row until it succeeds."`
+	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a rejected row is dead (retried with backoff from 1s, doubling up to 5m; see outbox-relay dead)."`
 	LeaseTimeout    time.Duration `envconfig:"LEASE_TIMEOUT" default:"10s" desc:"How long a dead replica's lease blocks others: a standby takes over within this after the leader dies. The leader renews every third of it."`
 	ReplicaName     string        `envconfig:"REPLICA_NAME" default:"" desc:"This replica's name in the lease and in status; empty means the host name. Must differ between running replicas: a replica named like the lease holder takes over at once (a restart)."`
 	Retention       time.Duration `envconfig:"RETENTION" default:"168h" desc:"How long published rows are kept. Validated; not yet used: this version never deletes rows."`
@@ -119,6 +119,7 @@ func (e *env) relayConfig() (relay.Config, error) {
 		PollInterval:    e.PollInterval,
 		ShutdownTimeout: e.ShutdownTimeout,
 		LeaseTimeout:    e.LeaseTimeout,
+		MaxAttempts:     e.MaxAttempts,
 	}
 	// Zero would silently mean "default" to the relay; from the
 	// environment it is a mistake.

@@ -17,7 +17,8 @@ usage: outbox-relay [command]
 commands:
   run        publish until SIGTERM/SIGINT (the default command)
   migrate    apply the embedded schema.sql (idempotent)
-  status     pending rows, oldest pending age, position; --json for one JSON object
+  status     pending and dead rows, oldest pending age, leader, position; --json for one JSON object
+  dead       list, retry or drop rows the broker kept rejecting
   help       this text
   version    the version
 

@@ -30,6 +30,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = migrateCommand(ctx, rest, stdout, stderr)
 	case "status":
 		err = statusCommand(ctx, rest, stdout, stderr)
+	case "dead":
+		err = deadCommand(ctx, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		printHelp(stdout)
 	case "version", "-version", "--version":

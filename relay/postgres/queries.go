@@ -37,6 +37,10 @@ type queries struct {
 	horizon string
 	// status counts pending rows (range scan of outbox_txid_id_idx).
 	status string
+	// Parked rows (outbox_relay_parked; the order index serves the heads).
+	parkedAggs, park, dueHeads, unpark, remaining, failed string
+	// Dead rows, for the dead command and status.
+	deadCount, deadList, deadRetry, deadDrop string
 	// heldBack tells whether committed rows after the position wait for
 	// an older transaction to end (one range probe of outbox_txid_id_idx).
 	heldBack string
@@ -46,7 +50,7 @@ type queries struct {
 }
 
 func newQueries(t Table) queries {
-	outbox, pos := t.sql(), t.sibling("outbox_relay_position")
+	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
 	return queries{
 		read: fmt.Sprintf(`
 SELECT o.id, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
@@ -99,6 +103,47 @@ SELECT p.txid::text AS txid_text, p.id, p.updated_at, p.epoch, coalesce(p.holder
   LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
  WHERE p.outbox_table = $1
  GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.state, p.lease_until`, pos, outbox),
+		parkedAggs: fmt.Sprintf(`
+SELECT DISTINCT aggregate_type, aggregate_id FROM %s WHERE outbox_table = $1`, parked),
+		park: fmt.Sprintf(`
+INSERT INTO %s (outbox_table, id, txid, aggregate_type, aggregate_id, attempts, last_error, next_attempt_at, dead)
+VALUES ($1, $2, $3::text::xid8, $4, $5, $6, nullif($7, ''), now() + $8 * interval '1 millisecond', $9)
+ON CONFLICT (outbox_table, id) DO NOTHING`, parked),
+		dueHeads: fmt.Sprintf(`
+SELECT h.id, h.attempts, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
+       o.exchange, o.routing_key, o.payload, o.content_type, o.headers::text, o.created_at
+  FROM (SELECT DISTINCT ON (aggregate_type, aggregate_id) id, attempts, dead, next_attempt_at
+          FROM %s WHERE outbox_table = $1
+         ORDER BY aggregate_type, aggregate_id, txid, id) h
+  JOIN %s o ON o.id = h.id
+ WHERE NOT h.dead AND h.next_attempt_at <= now()
+ LIMIT $2`, parked, outbox),
+		unpark: fmt.Sprintf(`
+DELETE FROM %s WHERE outbox_table = $1 AND id = $2
+   AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $3)`, parked, pos),
+		remaining: fmt.Sprintf(`
+SELECT count(*) FROM %s WHERE outbox_table = $1 AND aggregate_type = $2 AND aggregate_id = $3`, parked),
+		failed: fmt.Sprintf(`
+UPDATE %s SET attempts = $3, last_error = $4, next_attempt_at = now() + $5 * interval '1 millisecond', dead = $6
+ WHERE outbox_table = $1 AND id = $2
+   AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $7)`, parked, pos),
+		deadCount: fmt.Sprintf(`
+SELECT count(*) FROM %s WHERE outbox_table = $1 AND dead`, parked),
+		deadList: fmt.Sprintf(`
+SELECT p.id, p.aggregate_type, p.aggregate_id, p.attempts, coalesce(p.last_error, ''),
+       extract(epoch FROM now() - p.parked_at)::float8, coalesce(o.event_type, ''), coalesce(o.routing_key, ''),
+       (SELECT count(*) FROM %s w WHERE w.outbox_table = p.outbox_table AND w.aggregate_type = p.aggregate_type
+           AND w.aggregate_id = p.aggregate_id AND NOT w.dead)
+  FROM %s p LEFT JOIN %s o ON o.id = p.id
+ WHERE p.outbox_table = $1 AND p.dead
+ ORDER BY p.txid, p.id`, parked, parked, outbox),
+		deadRetry: fmt.Sprintf(`
+UPDATE %s SET dead = false, attempts = 0, next_attempt_at = now()
+ WHERE outbox_table = $1 AND dead AND ($2 OR id = ANY($3))
+RETURNING id`, parked),
+		deadDrop: fmt.Sprintf(`
+DELETE FROM %s WHERE outbox_table = $1 AND dead AND ($2 OR id = ANY($3))
+RETURNING id`, parked),
 		heldBack: fmt.Sprintf(`
 SELECT EXISTS (
   SELECT 1 FROM %s o, %s p

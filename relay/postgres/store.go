@@ -239,8 +239,8 @@ type Xact struct {
 	Prepared   bool    `json:"prepared"`
 }
 
-// Status reports pending rows, their age, and the oldest running
-// transaction. Dead is always 0: this version never parks rows.
+// Status reports pending and dead rows, the age of the oldest pending row,
+// the leader, and the oldest running transaction.
 func (s *Store) Status(ctx context.Context) (Status, error) {
 	key, err := s.resolve(ctx)
 	if err != nil {
@@ -264,6 +264,9 @@ func (s *Store) Status(ctx context.Context) (Status, error) {
 		return Status{}, fmt.Errorf("read position: %w", err)
 	default:
 		st.Position = txid + "/" + strconv.FormatInt(id, 10)
+	}
+	if err := s.pool.QueryRow(ctx, s.q.deadCount, key).Scan(&st.Dead); err != nil {
+		return Status{}, fmt.Errorf("count dead rows: %w", err)
 	}
 	var x Xact
 	err = s.pool.QueryRow(ctx, s.q.blocker).Scan(&x.PID, &x.Database, &x.AgeSeconds, &x.Prepared)

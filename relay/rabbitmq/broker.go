@@ -126,6 +126,33 @@ type channel struct {
 
 	mu   sync.Mutex
 	back map[string]amqp.Return // returned, by message id, not yet claimed
+
+	closes chan *amqp.Error // the broker's reason when it closes the channel
+}
+
+// closedError explains why the channel closed under message id. A channel
+// exception (403, 404, 405, 406) on a live connection is the broker refusing
+// that message, for example for an exchange that does not exist: the row's
+// own failure. Anything else is the connection's.
+func (c *channel) closedError(b *Broker, id string) error {
+	var reason *amqp.Error
+	select {
+	case reason = <-c.closes:
+	default:
+	}
+	if reason != nil {
+		b.mu.Lock()
+		connOK := b.conn != nil && !b.conn.IsClosed()
+		b.mu.Unlock()
+		switch reason.Code {
+		case amqp.AccessRefused, amqp.NotFound, amqp.ResourceLocked, amqp.PreconditionFailed:
+			if connOK {
+				return fmt.Errorf("%w: broker closed the channel at message %s: %d %s", relay.ErrRejected, id, reason.Code, reason.Reason)
+			}
+		}
+		return fmt.Errorf("channel closed before message %s was confirmed: %w", id, reason)
+	}
+	return fmt.Errorf("channel closed before message %s was confirmed: %w", id, amqp.ErrClosed)
 }
 
 func (c *channel) returned(r amqp.Return) {
@@ -311,5 +338,6 @@ func (b *Broker) openChannel(conn *amqp.Connection) (*channel, error) {
 	// Returns are read while confirms are awaited; the buffer covers the
 	// relay's largest in-flight window, so the client's reader, which
 	// also delivers confirms, never waits on it.
-	return &channel{Channel: ch, returns: ch.NotifyReturn(make(chan amqp.Return, b.cfg.Window)), back: map[string]amqp.Return{}}, nil
+	return &channel{Channel: ch, returns: ch.NotifyReturn(make(chan amqp.Return, b.cfg.Window)), back: map[string]amqp.Return{},
+		closes: ch.NotifyClose(make(chan *amqp.Error, 1))}, nil
 }

@@ -20,6 +20,9 @@ type ReturnedError struct {
 	Text       string
 }
 
+// Unwrap makes a returned message a rejected one: the row's own failure.
+func (e *ReturnedError) Unwrap() error { return relay.ErrRejected }
+
 func (e *ReturnedError) Error() string {
 	return fmt.Sprintf("message %s returned by the broker: %d %s (exchange %q, routing key %q)",
 		e.MessageID, e.Code, e.Text, e.Exchange, e.RoutingKey)
@@ -104,7 +107,7 @@ wait:
 				// A closing channel resolves every outstanding confirm
 				// as a nack; report it as what it is.
 				if c.ch.IsClosed() {
-					err = fmt.Errorf("channel closed before message %s was confirmed: %w", c.ids[i], amqp.ErrClosed)
+					err = c.ch.closedError(c.b, c.ids[i])
 				} else {
 					err = fmt.Errorf("message %s: %w", c.ids[i], ErrNacked)
 				}
