@@ -76,10 +76,15 @@ func (c Config) parkBackoff(failed int) time.Duration {
 // retryParked publishes the parked rows whose turn has come, one at a time
 // and in order per aggregate, until none is due or budget is spent. It is
 // called with nothing in flight.
-func (p *pipeline) retryParked(ctx, finish context.Context) error {
-	deadline := time.Now().Add(time.Second)
-	for time.Now().Before(deadline) {
-		heads, err := p.r.store.DueHeads(ctx, 100)
+func (p *pipeline) retryParked(ctx context.Context) error {
+	// The parked-row bookkeeping of a retry is finished even if a stop
+	// arrives meanwhile: a published row left parked would be published
+	// again at the next start.
+	work, cancel := context.WithTimeout(context.WithoutCancel(ctx), callBudget)
+	defer cancel()
+	budget := time.Now().Add(time.Second)
+	for time.Now().Before(budget) {
+		heads, err := p.r.store.DueHeads(work, 100)
 		if err != nil {
 			return errorf(ctx, "find parked rows: %w", err)
 		}
@@ -87,7 +92,13 @@ func (p *pipeline) retryParked(ctx, finish context.Context) error {
 			return nil
 		}
 		for _, h := range heads {
-			if err := p.retryOne(ctx, finish, h); err != nil {
+			switch {
+			case ctx.Err() != nil, time.Now().After(budget), !closed(p.r.pub.Ready()):
+				return nil // stopping, out of time, or the broker blocks
+			case time.Now().After(p.deadline):
+				return ErrLeaseLost
+			}
+			if err := p.retryOne(work, h); err != nil {
 				return err
 			}
 		}
@@ -95,12 +106,18 @@ func (p *pipeline) retryParked(ctx, finish context.Context) error {
 	return nil
 }
 
-func (p *pipeline) retryOne(ctx, finish context.Context, h ParkedRow) error {
+// callBudget bounds the store calls of one retry pass.
+const callBudget = 30 * time.Second
+
+func (p *pipeline) retryOne(ctx context.Context, h ParkedRow) error {
 	row := h.Row
 	m, err := NewMessage(&row, p.r.cfg.Exchange)
 	var n int
 	if err == nil {
-		n, err = p.r.pub.Publish(context.WithoutCancel(ctx), []Message{m}).Wait(finish)
+		// Wait no longer than the lease is surely ours.
+		wctx, cancel := context.WithDeadline(ctx, p.deadline)
+		n, err = p.r.pub.Publish(ctx, []Message{m}).Wait(wctx)
+		cancel()
 	} else {
 		err = fmt.Errorf("%w: %w", ErrRejected, err)
 	}

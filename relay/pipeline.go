@@ -70,7 +70,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		if time.Now().After(p.deadline) {
 			return ErrLeaseLost
 		}
-		if err := p.retryParked(ctx, finish); err != nil {
+		if err := p.retryParked(ctx); err != nil {
 			return err
 		}
 		p.readDue = true
@@ -137,7 +137,7 @@ func (p *pipeline) publish(ctx context.Context) error {
 	cfg := p.r.cfg
 	limit := min(cfg.BatchSize, cfg.window()-p.inFlight)
 	if p.probe {
-		if len(p.flights) > 0 {
+		if p.publishing() {
 			p.readDue = false // the probe is out: wait for its answer
 			return nil
 		}
@@ -149,6 +149,9 @@ func (p *pipeline) publish(ctx context.Context) error {
 			return nil // stopping; nothing new is in flight
 		}
 		return errorf(ctx, "read outbox: %w", err)
+	}
+	if time.Now().After(p.deadline) {
+		return ErrLeaseLost // the read outlasted the lease: publish nothing
 	}
 	switch {
 	case len(rows) == limit:
@@ -237,6 +240,7 @@ func (p *pipeline) record(finish context.Context) error {
 			pos = row.Position()
 			recorded++
 			p.r.pub.Reset()
+			p.readDue = true // go on with the next row
 			p.r.log.Warn("row rejected: parked, its aggregate waits behind it, others go on",
 				"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "reason", err)
 			err = nil
@@ -247,9 +251,12 @@ func (p *pipeline) record(finish context.Context) error {
 		}
 		p.flights = p.flights[1:]
 		p.inFlight -= len(f.rows)
-		if p.probe && f.park == nil && n == len(f.rows) {
+		switch {
+		case p.probe && f.park == nil && n == len(f.rows):
 			p.probe = false
 			p.readDue = true // the failed row went through: open the window
+		case p.probe:
+			p.readDue = true // parked, not published: probe the next row
 		}
 	}
 	if recorded > 0 {
@@ -310,6 +317,16 @@ func (p *pipeline) reset() {
 	p.cursor = p.r.pos
 	p.readDue = true
 	p.probe = true
+}
+
+// publishing reports whether a flight that went to the broker is out.
+func (p *pipeline) publishing() bool {
+	for _, f := range p.flights {
+		if f.park == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *pipeline) armPoll(d time.Duration) {

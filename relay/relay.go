@@ -186,11 +186,7 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 		err := p.step(ctx, finish)
 		switch {
 		case errors.Is(err, errStopped):
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			if err := r.store.Release(rctx); err != nil {
-				r.log.Warn("could not release the lease; a standby takes over when it lapses", "err", err)
-			}
-			cancel()
+			r.release(ctx)
 			r.log.Info("stopped", "position", r.pos.String())
 			return nil
 		case errors.Is(err, ErrShutdownTimeout):
@@ -202,6 +198,7 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 			p.reset()
 			if ctx.Err() != nil {
 				// Stopping: what failed is simply still pending.
+				r.release(ctx)
 				r.log.Info("stopped after a failed round", "err", err, "position", r.pos.String())
 				return nil
 			}
@@ -218,6 +215,15 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 			failing = nil
 			retry.reset()
 		}
+	}
+}
+
+// release gives the lease up at a stop, so a standby takes over at once.
+func (r *Relay) release(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := r.store.Release(rctx); err != nil {
+		r.log.Warn("could not release the lease; a standby takes over when it lapses", "err", err)
 	}
 }
 

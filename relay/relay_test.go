@@ -624,3 +624,31 @@ VALUES ('agg', 'lost0', 'Nowhere', 'no-such-exchange', 'k', '{}')`); err != nil 
 	b.write(t, "later", 5, 1) // the pipeline still flows after the dead row
 	b.delivered(t, 5)
 }
+
+// TestHeldBurstDoesNotStall: right behind a rejected row come many rows of
+// its aggregate, then rows of others. The held rows are parked as fast as
+// they are read, and the others arrive without waiting on them.
+func TestHeldBurstDoesNotStall(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if _, err := b.pool.Exec(context.Background(), `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, exchange, routing_key, payload)
+VALUES ('agg', 'held0', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	b.write(t, "held", 100, 1) // agg/held0
+	b.write(t, "after", 20, 2)
+	cfg := parkFast
+	cfg.BatchSize = 1 // a window of two rows: only one held row can slip out
+	stop := run(t, cfg, b.store, b.broker)
+	defer stop()
+	// One parked row a second would take over a minute; delivered gives
+	// up after 30 s.
+	seen := b.delivered(t, 20)
+	if len(seen) > 21 {
+		t.Fatalf("%d delivered, want the 20 of other aggregates (and at most the one held row in the first window)", len(seen))
+	}
+	if dead := waitDead(t, b, 1); dead[0].Waiting < 99 {
+		t.Fatalf("%d rows wait behind the dead row, want at least 99", dead[0].Waiting)
+	}
+}

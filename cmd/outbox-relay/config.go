@@ -30,7 +30,7 @@ type env struct {
 	HTTPAddr        string        `envconfig:"HTTP_ADDR" default:"" desc:"Address for /healthz and /readyz, e.g. :9090; empty disables it."`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error."`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json."`
-	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"How long SIGTERM waits for in-flight confirms before giving up."`
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"How long SIGTERM waits for in-flight confirms before giving up (recording them, releasing the lease and closing take up to about 10 s more)."`
 }
 
 // usageError is bad configuration or usage: exit code 2.

@@ -58,9 +58,11 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		m.log.Info("stopping: waiting for in-flight confirms", "signal", sig.String(), "timeout", e.ShutdownTimeout)
 		stop()
-		// The relay bounds its own wait by the shutdown timeout; this is
-		// the backstop if a call it cannot interrupt hangs past it.
-		backstop := time.NewTimer(e.ShutdownTimeout + 10*time.Second)
+		// The relay bounds its wait for confirms by the shutdown timeout,
+		// then takes up to about 10 s more to record them, release the
+		// lease and close its connections; this is the backstop if a call
+		// it cannot interrupt hangs past that.
+		backstop := time.NewTimer(e.ShutdownTimeout + 15*time.Second)
 		defer backstop.Stop()
 		select {
 		case sig = <-signals:

@@ -40,6 +40,13 @@ func (b *Broker) watchBlocked(conn *amqp.Connection, notes <-chan amqp.Blocking)
 			b.log.Info("broker unblocked publishers")
 		}
 	}
+	// The connection is gone, maybe while blocked: the next one starts
+	// unblocked, and the relay must get as far as opening it.
+	b.mu.Lock()
+	if conn == b.conn {
+		b.setBlockedLocked(false, "")
+	}
+	b.mu.Unlock()
 }
 
 func (b *Broker) setBlockedLocked(active bool, reason string) {

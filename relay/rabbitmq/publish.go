@@ -109,7 +109,9 @@ wait:
 				if c.ch.IsClosed() {
 					err = c.ch.closedError(c.b, c.ids[i])
 				} else {
-					err = fmt.Errorf("message %s: %w", c.ids[i], ErrNacked)
+					// On a live channel a nack is about this message
+					// (e.g. a full queue that rejects publishes).
+					err = fmt.Errorf("%w: message %s: %w", relay.ErrRejected, c.ids[i], ErrNacked)
 				}
 				break wait
 			case r, ok := <-c.ch.returns:
