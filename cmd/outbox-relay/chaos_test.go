@@ -26,7 +26,7 @@ var chaosDuration = flag.Duration("chaos.duration", 40*time.Second,
 // and injects one fault after another at random moments: SIGKILL and
 // restart of a replica, SIGSTOP/SIGCONT of the leader, the relays' broker
 // connections closed, the broker application stopped and started, a memory
-// alarm, the relays' database backends terminated, and an immediate
+// or disk alarm, the relays' database backends terminated, and an immediate
 // database restart. Then it checks what was delivered against what was
 // committed: nothing lost, nothing rolled back delivered, per-aggregate
 // order intact, duplicates within one in-flight window per fault.
@@ -66,7 +66,7 @@ func TestChaos(t *testing.T) {
 	end := time.Now().Add(*chaosDuration)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(300+rand.N(1200)) * time.Millisecond)
-		switch kind := []string{"kill", "freeze", "close", "stop_app", "alarm", "terminate", "pg_restart"}[rand.N(7)]; kind {
+		switch kind := []string{"kill", "freeze", "close", "stop_app", "alarm", "disk_alarm", "terminate", "pg_restart"}[rand.N(8)]; kind {
 		case "kill":
 			name := leader()
 			replicas[name].signal(syscall.SIGKILL)
@@ -91,6 +91,11 @@ func TestChaos(t *testing.T) {
 			node.Ctl(t, "set_vm_memory_high_watermark", "0.000001")
 			time.Sleep(time.Duration(500+rand.N(1000)) * time.Millisecond)
 			node.Ctl(t, "set_vm_memory_high_watermark", "0.4")
+			faults[kind]++
+		case "disk_alarm":
+			node.Ctl(t, "set_disk_free_limit", "100000GB")
+			time.Sleep(time.Duration(500+rand.N(1000)) * time.Millisecond)
+			node.Ctl(t, "set_disk_free_limit", "50MB")
 			faults[kind]++
 		case "terminate":
 			var n int
