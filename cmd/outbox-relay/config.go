@@ -151,3 +151,21 @@ func fieldError(err error, vars map[string]string) error {
 	}
 	return &usageError{err.Error()}
 }
+
+// openStore reads the environment and opens the outbox store, for the
+// one-shot commands (status, dead).
+func openStore() (*env, *postgres.Store, error) {
+	e, err := loadEnv()
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := e.storeConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := postgres.Open(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open database: %w", err)
+	}
+	return e, store, nil
+}

@@ -67,17 +67,9 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return &usageError{fmt.Sprintf("dead: unknown subcommand %q (list, retry or drop)", sub)}
 	}
 
-	e, err := loadEnv()
+	e, store, err := openStore()
 	if err != nil {
 		return err
-	}
-	cfg, err := e.storeConfig()
-	if err != nil {
-		return err
-	}
-	store, err := postgres.Open(cfg)
-	if err != nil {
-		return fmt.Errorf("open database: %w", err)
 	}
 	defer store.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -30,17 +30,9 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := parseFlags(fs, args, statusUsage, stderr); err != nil {
 		return err
 	}
-	e, err := loadEnv()
+	e, store, err := openStore()
 	if err != nil {
 		return err
-	}
-	cfg, err := e.storeConfig()
-	if err != nil {
-		return err
-	}
-	store, err := postgres.Open(cfg)
-	if err != nil {
-		return fmt.Errorf("open database: %w", err)
 	}
 	defer store.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
