@@ -61,7 +61,7 @@ func TestPausesWhileTheBrokerBlocks(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &ledger.Consumer{URL: node.URL, Queue: "events", Ledger: r.ledger}
 	r.wg.Go(func() { c.Run(ctx) })
-	defer func() { cancel(); r.wg.Wait() }()
+	defer func() { cancel(); r.close() }()
 	r.write(t, 4)
 
 	p := start(t, r.env)
@@ -130,7 +130,7 @@ func TestSurvivesBrokerStopAndStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &ledger.Consumer{URL: node.URL, Queue: "events", Ledger: r.ledger}
 	r.wg.Go(func() { c.Run(ctx) })
-	defer func() { cancel(); r.wg.Wait() }()
+	defer func() { cancel(); r.close() }()
 	r.write(t, 4)
 
 	p := start(t, r.env)

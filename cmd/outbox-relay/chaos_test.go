@@ -50,7 +50,7 @@ func TestChaos(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &ledger.Consumer{URL: consumerURL, Queue: "events", Ledger: r.ledger, Observe: gaps.tick}
 	r.wg.Go(func() { c.Run(ctx) })
-	defer func() { cancel(); r.wg.Wait() }()
+	defer func() { cancel(); r.close() }()
 	r.writeThrough(t, 6, true)
 
 	replicas := map[string]*proc{}

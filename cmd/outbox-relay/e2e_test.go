@@ -56,7 +56,7 @@ func newRigOn(t *testing.T, dbURL string) *rig {
 	r.wg.Go(func() { c.Run(ctx) })
 	t.Cleanup(func() {
 		cancel()
-		r.wg.Wait()
+		r.close()
 	})
 	return r
 }
@@ -92,6 +92,15 @@ func (r *rig) writeThrough(t *testing.T, writers int, outages bool) {
 }
 
 func (r *rig) stopWrites() { r.stopW() }
+
+// close stops the writers, if the test did not get to it (a failure), and
+// waits for every goroutine of the rig.
+func (r *rig) close() {
+	if r.stopW != nil {
+		r.stopW()
+	}
+	r.wg.Wait()
+}
 
 // drained waits until every committed event was delivered at least once.
 func (r *rig) drained(t *testing.T) {
