@@ -131,23 +131,34 @@ VALUES ('ledger', $1, 'Tested', $2, $3) RETURNING event_id::text`, agg, w.Routin
 var errUndecided = errors.New("commit outcome cannot be decided")
 
 // lookUp decides a commit whose outcome is unknown by looking for its events
-// once the database answers again.
+// once the database answers again. One answer is not enough: right after a
+// crash the dying server may still answer, from before the commit record it
+// already wrote became visible. So the answer must hold twice, half a second
+// apart, from the same server incarnation (same postmaster start time).
 func (w *Writer) lookUp(ctx context.Context, ids []string) (bool, error) {
 	ctx = context.WithoutCancel(ctx)
 	deadline := time.Now().Add(2 * time.Minute)
+	type answer struct {
+		n     int
+		start time.Time
+	}
+	var last *answer
 	for {
-		var n int
-		err := w.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE event_id::text = ANY($1)`, ids).Scan(&n)
+		var a answer
+		err := w.Pool.QueryRow(ctx, `SELECT count(*), pg_postmaster_start_time() FROM outbox WHERE event_id::text = ANY($1)`, ids).Scan(&a.n, &a.start)
+		same := err == nil && last != nil && last.n == a.n && last.start.Equal(a.start)
 		switch {
-		case err == nil && n == len(ids):
+		case same && a.n == len(ids):
 			return true, nil
-		case err == nil && n == 0:
+		case same && a.n == 0:
 			return false, nil
+		case err == nil && a.n != 0 && a.n != len(ids):
+			return false, fmt.Errorf("writer %s: %w: %d of %d events of one transaction exist", w.Name, errUndecided, a.n, len(ids))
 		case err == nil:
-			return false, fmt.Errorf("writer %s: %w: %d of %d events of one transaction exist", w.Name, errUndecided, n, len(ids))
+			last = &a
 		case time.Now().After(deadline):
 			return false, fmt.Errorf("writer %s: %w: %w", w.Name, errUndecided, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond)
 	}
 }
