@@ -148,6 +148,27 @@ func (b *bundle) delivered(t *testing.T, want int) map[string]int {
 	}
 }
 
+// getOne waits up to 30 s for a message on queue and takes it.
+func (b *bundle) getOne(t *testing.T, queue string) amqp.Delivery {
+	t.Helper()
+	ch, err := b.amqp.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		d, ok, err := ch.Get(queue, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return d
+		}
+	}
+	t.Fatalf("nothing arrived on %s", queue)
+	return amqp.Delivery{}
+}
+
 func duplicates(seen map[string]int) int {
 	n := 0
 	for _, c := range seen {
@@ -384,25 +405,7 @@ VALUES ('order', '43', 'OrderPaid', 'events', '{"id":43}')`); err != nil {
 
 	stop := run(t, relay.Config{}, b.store, b.broker)
 	defer stop()
-	conn := b.amqp.Dial(t)
-	get := func(queue string) amqp.Delivery {
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ch.Close()
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			d, ok, err := ch.Get(queue, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ok {
-				return d
-			}
-		}
-		t.Fatalf("nothing arrived on %s", queue)
-		return amqp.Delivery{}
-	}
+	get := func(queue string) amqp.Delivery { return b.getOne(t, queue) }
 
 	full := get(topicQueue)
 	checks := []struct {
@@ -506,20 +509,7 @@ VALUES ('agg', 'held0', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err !
 	if ids, err := b.store.RetryDead(context.Background(), true, nil); err != nil || len(ids) != 1 {
 		t.Fatalf("RetryDead = %v, %v", ids, err)
 	}
-	ch, err := b.amqp.Dial(t).Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, ok, err := ch.Get(queue, true); err != nil {
-			t.Fatal(err)
-		} else if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the retried row never arrived after a queue was bound")
-		}
-	}
+	b.getOne(t, queue) // the retried row
 	// The three rows behind it, in order (delivered checks the order).
 	b.delivered(t, 3)
 	waitDead(t, b, 0)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"strconv"
@@ -10,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/outboxrelay/outboxrelay/internal/ledger"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
@@ -40,28 +36,8 @@ func rssKB(t *testing.T, pid int) int {
 func TestPausesWhileTheBrokerBlocks(t *testing.T) {
 	t.Parallel()
 	node := testenv.NewRabbitServer(t)
-	conn, err := amqp.Dial(node.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare("events", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-
 	dbURL := testenv.Database(t)
-	r := &rig{dbURL: dbURL, ledger: ledger.New()}
-	r.pool = newPool(t, dbURL)
-	r.env = []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=" + node.URL,
-		"RELAY_BATCH_SIZE=100", "RELAY_POLL_INTERVAL=20ms", "RELAY_LEASE_TIMEOUT=1s"}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &ledger.Consumer{URL: node.URL, Queue: "events", Ledger: r.ledger}
-	r.wg.Go(func() { c.Run(ctx) })
-	defer func() { cancel(); r.close() }()
+	r := newRigOnNode(t, dbURL, node.URL, node.URL, nil, "RELAY_LEASE_TIMEOUT=1s")
 	r.write(t, 4)
 
 	p := start(t, r.env)
@@ -110,27 +86,7 @@ func TestPausesWhileTheBrokerBlocks(t *testing.T) {
 func TestSurvivesBrokerStopAndStart(t *testing.T) {
 	t.Parallel()
 	node := testenv.NewRabbitServer(t)
-	conn, err := amqp.Dial(node.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare("events", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close()
-
-	dbURL := testenv.Database(t)
-	r := &rig{dbURL: dbURL, ledger: ledger.New(), pool: newPool(t, dbURL)}
-	r.env = []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=" + node.URL,
-		"RELAY_BATCH_SIZE=100", "RELAY_POLL_INTERVAL=20ms"}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &ledger.Consumer{URL: node.URL, Queue: "events", Ledger: r.ledger}
-	r.wg.Go(func() { c.Run(ctx) })
-	defer func() { cancel(); r.close() }()
+	r := newRigOnNode(t, testenv.Database(t), node.URL, node.URL, nil)
 	r.write(t, 4)
 
 	p := start(t, r.env)

@@ -14,7 +14,6 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/outboxrelay/outboxrelay/internal/ledger"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
@@ -40,17 +39,8 @@ func TestChaos(t *testing.T) {
 	node.Ctl(t, "add_user", "consumer", "consumer")
 	node.Ctl(t, "set_permissions", "-p", "/", "consumer", ".*", ".*", ".*")
 	consumerURL := strings.Replace(node.URL, "guest:guest", "consumer:consumer", 1)
-	declare(t, node.URL, "events")
-
-	dbURL := pg.Database(t)
-	r := &rig{dbURL: dbURL, ledger: ledger.New(), pool: newPool(t, dbURL)}
-	r.env = []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=" + node.URL,
-		"RELAY_BATCH_SIZE=100", "RELAY_POLL_INTERVAL=20ms", "RELAY_LEASE_TIMEOUT=" + lease.String()}
 	gaps := &gapMeter{}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &ledger.Consumer{URL: consumerURL, Queue: "events", Ledger: r.ledger, Observe: gaps.tick}
-	r.wg.Go(func() { c.Run(ctx) })
-	defer func() { cancel(); r.close() }()
+	r := newRigOnNode(t, pg.Database(t), node.URL, consumerURL, gaps.tick, "RELAY_LEASE_TIMEOUT="+lease.String())
 	r.writeThrough(t, 6, true)
 
 	replicas := map[string]*proc{}

@@ -61,6 +61,25 @@ func newRigOn(t *testing.T, dbURL string) *rig {
 	return r
 }
 
+// newRigOnNode is a rig on a broker node of the test's own: queue "events"
+// on its default vhost, the relay publishing through amqpURL, the consumer
+// reading through consumerURL (with observe, if set, at every delivery).
+func newRigOnNode(t *testing.T, dbURL, amqpURL, consumerURL string, observe func(), env ...string) *rig {
+	t.Helper()
+	declare(t, amqpURL, "events")
+	r := &rig{dbURL: dbURL, ledger: ledger.New(), pool: newPool(t, dbURL)}
+	r.env = append([]string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=" + amqpURL,
+		"RELAY_BATCH_SIZE=100", "RELAY_POLL_INTERVAL=20ms"}, env...)
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &ledger.Consumer{URL: consumerURL, Queue: "events", Ledger: r.ledger, Observe: observe}
+	r.wg.Go(func() { c.Run(ctx) })
+	t.Cleanup(func() {
+		cancel()
+		r.close()
+	})
+	return r
+}
+
 func newPool(t *testing.T, url string) *pgxpool.Pool {
 	t.Helper()
 	pool, err := pgxpool.New(context.Background(), url)
