@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -14,19 +15,24 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/outboxrelay/outboxrelay/internal/faultproxy"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
-var chaosDuration = flag.Duration("chaos.duration", 40*time.Second,
-	"how long TestChaos injects faults (make chaos runs it for longer)")
+var (
+	chaosDuration = flag.Duration("chaos.duration", 40*time.Second,
+		"how long TestChaos injects faults (make chaos runs it for longer)")
+	chaosReplicas = flag.Int("chaos.replicas", 2, "how many relay replicas TestChaos runs (1 to 3)")
+)
 
-// TestChaos runs writers (with rollbacks and hot aggregates), two relay
-// replicas and a consumer against a PostgreSQL and a RabbitMQ of its own,
-// and injects one fault after another at random moments: SIGKILL and
-// restart of a replica, SIGSTOP/SIGCONT of the leader, the relays' broker
-// connections closed, the broker application stopped and started, a memory
-// or disk alarm, the relays' database backends terminated, and an immediate
-// database restart. Then it checks what was delivered against what was
+// TestChaos runs writers (with rollbacks and hot aggregates), relay replicas
+// and a consumer against a PostgreSQL and a RabbitMQ of its own, and injects
+// one fault after another at random moments: SIGKILL and restart of a
+// replica, SIGSTOP/SIGCONT of the leader, the relays' broker connections
+// closed, the broker application stopped and started, a memory or disk
+// alarm, the relays' database backends terminated, an immediate database
+// restart, and TCP cuts and stalls between the leader and either server
+// (each replica reaches the servers through proxies of its own). Then it checks what was delivered against what was
 // committed: nothing lost, nothing rolled back delivered, per-aggregate
 // order intact, duplicates within one in-flight window per fault.
 func TestChaos(t *testing.T) {
@@ -34,21 +40,29 @@ func TestChaos(t *testing.T) {
 	const lease = 2 * time.Second
 	pg := testenv.NewPostgresServer(t)
 	node := testenv.NewRabbitServer(t)
+	db := pg.Database(t)
 	// The consumer connects as its own user, so closing the relays'
 	// connections (user guest) leaves it alone.
 	node.Ctl(t, "add_user", "consumer", "consumer")
 	node.Ctl(t, "set_permissions", "-p", "/", "consumer", ".*", ".*", ".*")
 	consumerURL := strings.Replace(node.URL, "guest:guest", "consumer:consumer", 1)
 	gaps := &gapMeter{}
-	r := newRigOnNode(t, pg.Database(t), node.URL, consumerURL, gaps.tick, "RELAY_LEASE_TIMEOUT="+lease.String())
+	r := newRigOnNode(t, db, node.URL, consumerURL, gaps.tick, "RELAY_LEASE_TIMEOUT="+lease.String())
 	r.writeThrough(t, 6, true)
 
-	replicas := map[string]*proc{}
-	startReplica := func(name string) {
-		replicas[name] = start(t, append(r.env, "RELAY_REPLICA_NAME="+name))
+	if *chaosReplicas < 1 || *chaosReplicas > 3 {
+		t.Fatalf("-chaos.replicas=%d: want 1 to 3", *chaosReplicas)
 	}
-	startReplica("c1")
-	startReplica("c2")
+	replicas := map[string]*proc{}
+	links := map[string]*serverLinks{}
+	startReplica := func(name string) {
+		replicas[name] = start(t, append(r.env, links[name].env...))
+	}
+	for i := range *chaosReplicas {
+		name := fmt.Sprintf("c%d", i+1)
+		links[name] = newServerLinks(t, db, node.URL, name)
+		startReplica(name)
+	}
 	leader := func() string { return r.leader(t, "", 30*time.Second) }
 	leader()
 
@@ -56,7 +70,9 @@ func TestChaos(t *testing.T) {
 	end := time.Now().Add(*chaosDuration)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(300+rand.N(1200)) * time.Millisecond)
-		switch kind := []string{"kill", "freeze", "close", "stop_app", "alarm", "disk_alarm", "terminate", "pg_restart"}[rand.N(8)]; kind {
+		kinds := []string{"kill", "freeze", "close", "stop_app", "alarm", "disk_alarm", "terminate", "pg_restart",
+			"cut_db", "cut_broker", "stall_db", "stall_broker"}
+		switch kind := kinds[rand.N(len(kinds))]; kind {
 		case "kill":
 			name := leader()
 			replicas[name].signal(syscall.SIGKILL)
@@ -96,6 +112,27 @@ func TestChaos(t *testing.T) {
 		case "pg_restart":
 			pg.Restart(t)
 			faults[kind]++
+		case "cut_db", "cut_broker":
+			l := links[leader()]
+			p := l.db
+			if kind == "cut_broker" {
+				p = l.broker
+			}
+			if p.Cut() > 0 {
+				faults[kind]++
+			}
+		case "stall_db", "stall_broker":
+			// Up to twice the lease: long enough, often, for the leader
+			// to lose it while its connections hang.
+			l := links[leader()]
+			p := l.db
+			if kind == "stall_broker" {
+				p = l.broker
+			}
+			d := time.Duration(500+rand.N(2*lease.Milliseconds())) * time.Millisecond
+			p.Stall(d)
+			time.Sleep(d)
+			faults[kind]++
 		}
 	}
 
@@ -119,6 +156,38 @@ func TestChaos(t *testing.T) {
 	rep := r.check(t, total*window)
 	t.Logf("chaos for %s: %d faults (%s); %s; longest gap between deliveries %s",
 		*chaosDuration, total, strings.Join(kinds, ", "), rep, gaps.longest().Round(time.Millisecond))
+}
+
+// serverLinks are one replica's proxies to the database and the broker, and
+// the environment that points the replica at them.
+type serverLinks struct {
+	db, broker *faultproxy.Proxy
+	env        []string
+}
+
+func newServerLinks(t *testing.T, dbURL, amqpURL, name string) *serverLinks {
+	t.Helper()
+	db, dbVia := proxyURL(t, dbURL)
+	broker, brokerVia := proxyURL(t, amqpURL)
+	return &serverLinks{db: db, broker: broker, env: []string{
+		"RELAY_DATABASE_URL=" + dbVia, "RELAY_AMQP_URL=" + brokerVia, "RELAY_REPLICA_NAME=" + name}}
+}
+
+// proxyURL starts a proxy to the server of rawURL and returns it with the
+// URL that goes through it.
+func proxyURL(t *testing.T, rawURL string) (*faultproxy.Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := faultproxy.New(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	u.Host = p.Addr()
+	return p, u.String()
 }
 
 func declare(t *testing.T, amqpURL, queue string) {
