@@ -30,13 +30,16 @@ bench:
 		$(GO) test -run "^$$" -bench . -benchtime 2s ./outbox/'
 
 
-# chaos runs the chaos test for CHAOS_DURATION (make test runs it for 40s):
-# writers, two replicas and a consumer on servers of its own while faults
+# chaos runs the chaos test for CHAOS_DURATION with CHAOS_REPLICAS relays
+# (make test runs it for 40s with two): writers, relays and a consumer on
+# servers of its own while faults
 # are injected one after another; it prints the fault counts and the
 # verdict (lost, unexpected, order, duplicates).
 CHAOS_DURATION ?= 10m
+CHAOS_REPLICAS ?= 3
 chaos:
-	$(GO) test -race -count=1 -timeout 0 -run '^TestChaos$$' -v ./cmd/outbox-relay/ -chaos.duration=$(CHAOS_DURATION)
+	$(GO) test -race -count=1 -timeout 0 -run '^TestChaos$$' -v ./cmd/outbox-relay/ \
+		-chaos.duration=$(CHAOS_DURATION) -chaos.replicas=$(CHAOS_REPLICAS)
 
 vet:
 	$(GO) vet $(PKGS)
