@@ -166,3 +166,55 @@ $$;
 
 COMMENT ON FUNCTION outbox_notify() IS
     'Optional statement-level trigger function: wakes outbox-relay (channel outbox_relay) when rows are inserted. At most one notification per transaction and table.';
+
+-- Consumer inbox (package inbox). Consumers, not the relay, use these
+-- tables: a consumer records each message it processed, in the same
+-- transaction as the message's effects, so that a second copy of the
+-- message changes nothing. They usually live in the consuming service's
+-- database; creating them in a database that only publishes is harmless.
+CREATE TABLE IF NOT EXISTS inbox (
+    consumer     text        NOT NULL,
+    message_id   uuid        NOT NULL,
+    processed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, message_id)
+);
+
+COMMENT ON TABLE inbox IS
+    'Consumer inbox: one row per message a consumer processed, inserted in the same transaction as the message''s effects. A message whose row exists is a duplicate: acked without running its effects again.';
+COMMENT ON COLUMN inbox.consumer IS
+    'Name of the consumer that processed the message; each consumer deduplicates on its own.';
+COMMENT ON COLUMN inbox.message_id IS
+    'The AMQP message_id of the message (for outbox-relay, the outbox row''s event_id).';
+COMMENT ON COLUMN inbox.processed_at IS
+    'When the processing transaction ran. Rows are pruned by it; keep them at least the outbox retention (RELAY_RETENTION) plus the longest outage you tolerate, or late copies run again.';
+COMMENT ON INDEX inbox_pkey IS
+    'One row per (consumer, message_id): the insert that finds it is how a duplicate is detected.';
+
+CREATE INDEX IF NOT EXISTS inbox_processed_at_idx ON inbox (consumer, processed_at);
+
+COMMENT ON INDEX inbox_processed_at_idx IS
+    'Serves pruning: a consumer''s rows processed before a cutoff.';
+
+CREATE TABLE IF NOT EXISTS inbox_attempts (
+    consumer   text        NOT NULL,
+    message_id uuid        NOT NULL,
+    attempts   integer     NOT NULL DEFAULT 0,
+    last_error text        NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, message_id)
+);
+
+COMMENT ON TABLE inbox_attempts IS
+    'Consumer inbox: failed attempts of messages not yet processed, written outside the failed transaction so that the count survives its rollback and consumer restarts. A row is deleted when its message is processed or rejected, so the table holds only messages being retried.';
+COMMENT ON COLUMN inbox_attempts.consumer IS
+    'Name of the consumer attempting the message.';
+COMMENT ON COLUMN inbox_attempts.message_id IS
+    'The AMQP message_id of the message.';
+COMMENT ON COLUMN inbox_attempts.attempts IS
+    'Attempts so far; at the consumer''s maximum the message is rejected without requeue (to the queue''s dead-letter exchange, if any).';
+COMMENT ON COLUMN inbox_attempts.last_error IS
+    'Why the last failed attempt failed (truncated).';
+COMMENT ON COLUMN inbox_attempts.updated_at IS
+    'When an attempt was last recorded; rows untouched for long (their message vanished) are pruned by it.';
+COMMENT ON INDEX inbox_attempts_pkey IS
+    'One row per (consumer, message_id).';

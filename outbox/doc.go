@@ -76,4 +76,14 @@
 //
 // Plain SQL works too, from any language: the writer-facing columns of the
 // outbox table are a public interface, described in schema.sql.
+//
+// # Tracing
+//
+// A W3C trace context travels from the writer to the consumer as the
+// headers traceparent and tracestate, which the relay publishes as AMQP
+// headers. The package does not depend on a tracing library: set
+// [Writer.TraceContext] to ask one (OpenTelemetry's
+// propagation.TraceContext, say) for the context of a Write's ctx, or pass a
+// ctx from [ContextWithTraceParent]. A malformed trace context is left out
+// and never fails a write; headers the caller sets explicitly win.
 package outbox

@@ -27,6 +27,18 @@ type SQLExecer interface {
 // mutable state, so one Writer serves any number of goroutines. The zero
 // Writer writes to [DefaultTable].
 type Writer struct {
+	// TraceContext, if set, returns the W3C trace context (traceparent and
+	// tracestate, as in HTTP headers) of a Write's ctx, so that tracing
+	// libraries such as OpenTelemetry plug in without the package depending
+	// on them. It is called once per Write that has events, and only when
+	// ctx carries no [ContextWithTraceParent] value, which wins (an empty
+	// one turns the hook off). The result is added as the headers
+	// traceparent and tracestate to every event of the call whose own
+	// Headers name neither; a traceparent that is not well-formed (empty
+	// included) adds nothing and fails nothing. Set it before the Writer's
+	// first use; a shared Writer calls it from many goroutines.
+	TraceContext func(ctx context.Context) (traceparent, tracestate string)
+
 	query string
 }
 
@@ -65,7 +77,7 @@ func (w *Writer) Write(ctx context.Context, db Execer, events ...Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	args, err := toColumns(events)
+	args, err := w.columns(ctx, events)
 	if err != nil {
 		return err
 	}
@@ -82,7 +94,7 @@ func (w *Writer) WriteSQL(ctx context.Context, db SQLExecer, events ...Event) er
 	if len(events) == 0 {
 		return nil
 	}
-	args, err := toColumns(events)
+	args, err := w.columns(ctx, events)
 	if err != nil {
 		return err
 	}
