@@ -13,6 +13,9 @@ import (
 // product contract fixes. Delivery mode (persistent) and the mandatory flag
 // are always set by the Publisher.
 type Message struct {
+	// Aggregate is the ordering key: a Publisher that spreads messages
+	// over several channels keeps each aggregate on one of them.
+	Aggregate   Aggregate
 	Exchange    string
 	RoutingKey  string
 	MessageID   string
@@ -44,6 +47,7 @@ func NewMessage(row *Row, defaultExchange string) (Message, error) {
 		exchange = *row.Exchange
 	}
 	return Message{
+		Aggregate:   row.Aggregate(),
 		Exchange:    exchange,
 		RoutingKey:  row.RoutingKey,
 		MessageID:   row.EventID,

@@ -28,7 +28,8 @@ func TestNewMessage(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := Message{
-			Exchange: "orders", RoutingKey: "orders.placed", MessageID: row.EventID, Type: "OrderPlaced",
+			Aggregate: Aggregate{Type: "order", ID: "42"},
+			Exchange:  "orders", RoutingKey: "orders.placed", MessageID: row.EventID, Type: "OrderPlaced",
 			ContentType: "application/octet-stream", Timestamp: created, Body: []byte{0, 1, 2, 0xff},
 			Headers: map[string]any{
 				"s": "x", "i": int64(3), "neg": int64(-9007199254740993), "f": 2.5, "b": true,

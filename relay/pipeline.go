@@ -163,6 +163,12 @@ func (p *pipeline) publish(ctx context.Context) error {
 		p.readDue = false
 		p.armPoll(p.idle)
 		p.idle = min(p.idle*2, cfg.PollInterval)
+		if !p.publishing() {
+			// Idle: make sure the broker is there for the next row.
+			if err := p.r.pub.Connect(ctx); err != nil && ctx.Err() == nil {
+				return errorf(ctx, "connect to the broker: %w", err)
+			}
+		}
 		return nil
 	}
 

@@ -46,6 +46,10 @@ type Publisher interface {
 	// channel). The core calls it after any failure, before publishing
 	// again from the recorded position.
 	Reset()
+	// Connect opens the connection if none is open, so that a leader
+	// with nothing to publish still notices a broker that is down. The
+	// core calls it whenever a read finds the outbox drained.
+	Connect(ctx context.Context) error
 	// Ready is closed while the broker accepts publishing; while it
 	// blocks publishers (a resource alarm) it is open, and closed when
 	// the broker unblocks. The core publishes nothing meanwhile.

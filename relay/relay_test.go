@@ -268,6 +268,8 @@ func (s stalled) Publish(context.Context, []relay.Message) relay.Confirmation {
 
 func (s stalled) Reset() {}
 
+func (s stalled) Connect(context.Context) error { return nil }
+
 func (s stalled) Ready() <-chan struct{} {
 	c := make(chan struct{})
 	close(c)
@@ -640,5 +642,20 @@ VALUES ('agg', 'held0', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err !
 	}
 	if dead := waitDead(t, b, 1); dead[0].Waiting < 99 {
 		t.Fatalf("%d rows wait behind the dead row, want at least 99", dead[0].Waiting)
+	}
+}
+
+// TestIdleLeaderConnectsToTheBroker: with nothing to publish, the leader
+// still opens its broker connection, so an outage shows before a row
+// waits on it.
+func TestIdleLeaderConnectsToTheBroker(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	stop := run(t, relay.Config{}, b.store, b.broker)
+	defer stop()
+	for deadline := time.Now().Add(30 * time.Second); !b.broker.Connected(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle leader never connected to the broker")
+		}
 	}
 }

@@ -21,6 +21,7 @@ type env struct {
 	AMQPURL         string        `envconfig:"AMQP_URL" desc:"amqp:// or amqps:// URL; a comma-separated list for a cluster, tried in turn. Required by run."`
 	Table           string        `envconfig:"TABLE" default:"outbox" desc:"Outbox table, optionally schema-qualified (plain identifiers only)."`
 	Exchange        string        `envconfig:"EXCHANGE" default:"" desc:"Exchange for rows whose exchange is NULL; empty is the default exchange."`
+	Channels        int           `envconfig:"CHANNELS" default:"1" desc:"AMQP channels that carry messages (1 to 16). Each aggregate always uses the same one, so its order holds; more than one helps where the broker accepts more over several channels (quorum queues, clusters)."`
 	BatchSize       int           `envconfig:"BATCH_SIZE" default:"500" desc:"Most rows read and published at a time. Up to two batches await confirms at once, so a crash republishes at most 2 x RELAY_BATCH_SIZE rows."`
 	PollInterval    time.Duration `envconfig:"POLL_INTERVAL" default:"100ms" desc:"Longest wait between reads of an idle outbox. After finding rows the relay polls again within 1ms, doubling the wait while nothing arrives."`
 	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a rejected row is dead (retried with backoff from 1s, doubling up to 5m; see outbox-relay dead)."`
@@ -109,7 +110,10 @@ func (e *env) brokerConfig() (rabbitmq.Config, error) {
 	if err != nil {
 		return rabbitmq.Config{}, badVar("AMQP_URL", "%v", err)
 	}
-	return rabbitmq.Config{URLs: urls}, nil
+	if e.Channels < 1 || e.Channels > 16 {
+		return rabbitmq.Config{}, badVar("CHANNELS", "must be between 1 and 16, got %d", e.Channels)
+	}
+	return rabbitmq.Config{URLs: urls, Channels: e.Channels}, nil
 }
 
 func (e *env) relayConfig() (relay.Config, error) {

@@ -19,6 +19,8 @@ func TestBadConfigurationExitsTwoNamingTheVariable(t *testing.T) {
 		{"broker bad port", "RELAY_AMQP_URL", []string{base[0], "RELAY_AMQP_URL=amqp://relay:mq-s3cret@host:port/"}, nil},
 		{"database unparsable", "RELAY_DATABASE_URL", []string{"RELAY_DATABASE_URL=postgres://relay:pg-s3cret@host:port/db", base[1]}, nil},
 		{"batch zero", "RELAY_BATCH_SIZE", append(base, "RELAY_BATCH_SIZE=0"), nil},
+		{"channels zero", "RELAY_CHANNELS", append(base, "RELAY_CHANNELS=0"), nil},
+		{"channels many", "RELAY_CHANNELS", append(base, "RELAY_CHANNELS=17"), nil},
 		{"batch huge", "RELAY_BATCH_SIZE", append(base, "RELAY_BATCH_SIZE=1000000"), nil},
 		{"batch text", "RELAY_BATCH_SIZE", append(base, "RELAY_BATCH_SIZE=many"), nil},
 		{"poll text", "RELAY_POLL_INTERVAL", append(base, "RELAY_POLL_INTERVAL=soon"), nil},
@@ -63,7 +65,7 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("help: exit %d", code)
 	}
 	// Every variable the relay reads is documented in help.
-	for _, v := range []string{"DATABASE_URL", "AMQP_URL", "TABLE", "EXCHANGE", "BATCH_SIZE", "POLL_INTERVAL", "MAX_ATTEMPTS",
+	for _, v := range []string{"DATABASE_URL", "AMQP_URL", "TABLE", "EXCHANGE", "CHANNELS", "BATCH_SIZE", "POLL_INTERVAL", "MAX_ATTEMPTS",
 		"LEASE_TIMEOUT", "REPLICA_NAME", "RETENTION", "HTTP_ADDR", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT"} {
 		if !strings.Contains(out, "RELAY_"+v) {
 			t.Errorf("help does not mention RELAY_%s", v)

@@ -62,3 +62,11 @@ func (b *Broker) setBlockedLocked(active bool, reason string) {
 		close(b.ready)
 	}
 }
+
+// Connected reports whether the broker has an open connection. A standby,
+// which publishes nothing, has none.
+func (b *Broker) Connected() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.conn != nil && !b.conn.IsClosed()
+}

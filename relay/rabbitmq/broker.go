@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,10 @@ type Config struct {
 	// Window is the most messages the caller keeps awaiting confirms; it
 	// sizes the buffer of returned messages. Zero means 1000.
 	Window int
+	// Channels is how many confirm-mode channels carry messages; each
+	// aggregate always goes over the same one, so its order holds. Zero
+	// means 1.
+	Channels int
 	// Name is shown as the connection name in the management UI.
 	Name string
 	// Logger receives connection state changes. Nil discards.
@@ -63,6 +68,9 @@ func (c Config) Validate() error {
 	if c.Window < 0 {
 		return &relay.ConfigError{Field: "Window", Problem: "must not be negative"}
 	}
+	if c.Channels < 0 || c.Channels > maxChannels {
+		return &relay.ConfigError{Field: "Channels", Problem: fmt.Sprintf("must be between 1 and %d", maxChannels)}
+	}
 	if c.DialTimeout < 0 || c.Heartbeat < 0 {
 		return &relay.ConfigError{Field: "DialTimeout", Problem: "must not be negative"}
 	}
@@ -97,14 +105,18 @@ func Redact(u string) string {
 	return p.Redacted()
 }
 
+// maxChannels bounds Config.Channels: beyond a few, channels on one
+// connection buy nothing.
+const maxChannels = 16
+
 // Broker publishes to RabbitMQ. It implements relay.Publisher. One goroutine
 // may call Publish at a time; Close may be called from any goroutine.
 type Broker struct {
 	cfg  Config
 	log  *slog.Logger
-	mu   sync.Mutex // guards conn, ch, broken, next
+	mu   sync.Mutex // guards conn, chs, broken, next
 	conn *amqp.Connection
-	ch   *channel
+	chs  []*channel // Config.Channels of them while connected
 	// broken is set when the channel carrying messages fails. Nothing is
 	// published again until Reset: a later message sent on a new channel
 	// would overtake the failed ones, which the core republishes first.
@@ -198,6 +210,9 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.Window == 0 {
 		cfg.Window = 1000
 	}
+	if cfg.Channels == 0 {
+		cfg.Channels = 1
+	}
 	if cfg.Name == "" {
 		cfg.Name = "outbox-relay"
 	}
@@ -225,7 +240,7 @@ func (b *Broker) Close() error {
 // connection for the caller to close outside the lock.
 func (b *Broker) detachLocked() *amqp.Connection {
 	conn := b.conn
-	b.conn, b.ch = nil, nil
+	b.conn, b.chs = nil, nil
 	b.setBlockedLocked(false, "") // a new connection starts unblocked
 	return conn
 }
@@ -241,13 +256,13 @@ func closeConn(conn *amqp.Connection) error {
 	return err
 }
 
-// fail handles a failure on ch: if it is the current channel, its
+// fail handles a failure on ch: if it is a current channel, its
 // connection is closed (whatever else it carries is in doubt) and nothing is
 // published until Reset.
 func (b *Broker) fail(ch *channel) {
 	b.mu.Lock()
 	var conn *amqp.Connection
-	if b.ch == ch {
+	if slices.Contains(b.chs, ch) {
 		b.broken = true
 		conn = b.detachLocked()
 	}
@@ -255,26 +270,29 @@ func (b *Broker) fail(ch *channel) {
 	_ = closeConn(conn)
 }
 
-// channel returns the open confirm-mode channel, connecting first if needed.
-func (b *Broker) channel() (*channel, error) {
+// channels returns the open confirm-mode channels, connecting first if
+// needed.
+func (b *Broker) channels() ([]*channel, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.broken {
 		return nil, errAwaitingReset
 	}
-	if b.ch != nil {
-		if !b.ch.IsClosed() && !b.conn.IsClosed() {
-			return b.ch, nil
+	if b.chs != nil {
+		for _, ch := range b.chs {
+			if ch.IsClosed() || b.conn.IsClosed() {
+				// It died under messages that may be unanswered.
+				b.broken = true
+				return nil, fmt.Errorf("broker channel closed: %w", amqp.ErrClosed)
+			}
 		}
-		// It died under messages that may be unanswered.
-		b.broken = true
-		return nil, fmt.Errorf("broker channel closed: %w", amqp.ErrClosed)
+		return b.chs, nil
 	}
 	if b.conn != nil && !b.conn.IsClosed() {
-		ch, err := b.openChannel(b.conn)
+		chs, err := b.openChannels(b.conn)
 		if err == nil {
-			b.ch = ch
-			return ch, nil
+			b.chs = chs
+			return chs, nil
 		}
 	}
 	_ = closeConn(b.detachLocked())
@@ -286,16 +304,16 @@ func (b *Broker) channel() (*channel, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", Redact(b.cfg.URLs[k]), err))
 			continue
 		}
-		ch, err := b.openChannel(conn)
+		chs, err := b.openChannels(conn)
 		if err != nil {
 			_ = conn.Close()
 			errs = append(errs, fmt.Errorf("%s: open channel: %w", Redact(b.cfg.URLs[k]), err))
 			continue
 		}
 		b.next = k
-		b.conn, b.ch = conn, ch
-		b.log.Info("connected to broker", "url", Redact(b.cfg.URLs[k]))
-		return ch, nil
+		b.conn, b.chs = conn, chs
+		b.log.Info("connected to broker", "url", Redact(b.cfg.URLs[k]), "channels", len(chs))
+		return chs, nil
 	}
 	b.next = (b.next + 1) % len(b.cfg.URLs)
 	return nil, fmt.Errorf("connect to broker: %w", errors.Join(errs...))
@@ -324,6 +342,22 @@ func (b *Broker) dial(u string) (*amqp.Connection, error) {
 		}
 	}()
 	return conn, nil
+}
+
+// openChannels opens Config.Channels channels on conn, or none.
+func (b *Broker) openChannels(conn *amqp.Connection) ([]*channel, error) {
+	chs := make([]*channel, 0, b.cfg.Channels)
+	for range b.cfg.Channels {
+		ch, err := b.openChannel(conn)
+		if err != nil {
+			for _, c := range chs {
+				_ = c.Close()
+			}
+			return nil, err
+		}
+		chs = append(chs, ch)
+	}
+	return chs, nil
 }
 
 func (b *Broker) openChannel(conn *amqp.Connection) (*channel, error) {

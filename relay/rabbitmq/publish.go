@@ -33,15 +33,17 @@ func (e *ReturnedError) Error() string {
 var ErrNacked = errors.New("broker nacked the message")
 
 // Publish implements relay.Publisher: it sends msgs on the current
-// confirm-mode channel, persistent and mandatory, and returns at once.
+// confirm-mode channels, persistent and mandatory, and returns at once. With
+// several channels, each message goes over the one its aggregate hashes to.
 func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
-	ch, err := b.channel()
+	chs, err := b.channels()
 	if err != nil {
 		return &confirmation{b: b, sendErr: err, done: closedChan}
 	}
-	c := &confirmation{b: b, ch: ch, ids: make([]string, 0, len(msgs)), dcs: make([]*amqp.DeferredConfirmation, 0, len(msgs))}
+	c := &confirmation{b: b, chs: chs, sent: make([]sent, 0, len(msgs))}
 	for i := range msgs {
 		m := &msgs[i]
+		ch := chs[pick(m.Aggregate, len(chs))]
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, true, false, amqp.Publishing{
 			Headers:      amqp.Table(m.Headers),
 			ContentType:  m.ContentType,
@@ -56,14 +58,35 @@ func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confir
 			b.fail(ch)
 			break
 		}
-		c.ids = append(c.ids, m.MessageID)
-		c.dcs = append(c.dcs, dc)
+		c.sent = append(c.sent, sent{id: m.MessageID, ch: ch, dc: dc})
 	}
 	c.done = closedChan
-	if len(c.dcs) > 0 && c.sendErr == nil {
-		c.done = c.dcs[len(c.dcs)-1].Done()
+	if len(c.sent) > 0 && c.sendErr == nil {
+		c.done = c.allDone()
 	}
 	return c
+}
+
+// Connect implements relay.Publisher: it opens the connection and channels
+// unless they are open. After a failure it waits for Reset like Publish.
+func (b *Broker) Connect(ctx context.Context) error {
+	_, err := b.channels()
+	return err
+}
+
+// pick returns the channel of an aggregate: FNV-1a of its type and id.
+func pick(a relay.Aggregate, n int) int {
+	if n == 1 {
+		return 0
+	}
+	h := uint32(2166136261)
+	for _, s := range [2]string{a.Type, a.ID} {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint32(s[i])) * 16777619
+		}
+		h = (h ^ 0xff) * 16777619 // separates ("ab","c") from ("a","bc")
+	}
+	return int(h % uint32(n))
 }
 
 // Reset implements relay.Publisher: it closes the current connection, so the
@@ -81,14 +104,40 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 // confirmation is one Publish call's answer.
 type confirmation struct {
 	b       *Broker
-	ch      *channel
-	ids     []string // message ids sent, in order
-	dcs     []*amqp.DeferredConfirmation
+	chs     []*channel
+	sent    []sent
 	sendErr error // why fewer messages were sent than asked
 	done    <-chan struct{}
 }
 
+// sent is one message sent: its id, channel and confirm.
+type sent struct {
+	id string
+	ch *channel
+	dc *amqp.DeferredConfirmation
+}
+
 func (c *confirmation) Done() <-chan struct{} { return c.done }
+
+// allDone returns a channel closed once the last message sent on each
+// channel is answered; confirms come in order on a channel.
+func (c *confirmation) allDone() <-chan struct{} {
+	last := map[*channel]*amqp.DeferredConfirmation{}
+	for _, s := range c.sent {
+		last[s.ch] = s.dc
+	}
+	if len(last) == 1 {
+		return c.sent[len(c.sent)-1].dc.Done()
+	}
+	done := make(chan struct{})
+	go func() {
+		for _, dc := range last {
+			<-dc.Done()
+		}
+		close(done)
+	}()
+	return done
+}
 
 // Wait implements relay.Confirmation. It reads returns while it waits, so
 // the client never blocks on a full return queue.
@@ -96,27 +145,27 @@ func (c *confirmation) Wait(ctx context.Context) (int, error) {
 	acked := 0
 	var err error
 wait:
-	for i, dc := range c.dcs {
+	for _, s := range c.sent {
 		for {
 			select {
-			case <-dc.Done():
-				if dc.Acked() {
+			case <-s.dc.Done():
+				if s.dc.Acked() {
 					acked++
 					continue wait
 				}
 				// A closing channel resolves every outstanding confirm
 				// as a nack; report it as what it is.
-				if c.ch.IsClosed() {
-					err = c.ch.closedError(c.b, c.ids[i])
+				if s.ch.IsClosed() {
+					err = s.ch.closedError(c.b, s.id)
 				} else {
 					// On a live channel a nack is about this message
 					// (e.g. a full queue that rejects publishes).
-					err = fmt.Errorf("%w: message %s: %w", relay.ErrRejected, c.ids[i], ErrNacked)
+					err = fmt.Errorf("%w: message %s: %w", relay.ErrRejected, s.id, ErrNacked)
 				}
 				break wait
-			case r, ok := <-c.ch.returns:
+			case r, ok := <-s.ch.returns:
 				if ok {
-					c.ch.returned(r)
+					s.ch.returned(r)
 				}
 			case <-ctx.Done():
 				err = fmt.Errorf("waiting for confirms: %w", context.Cause(ctx))
@@ -125,25 +174,26 @@ wait:
 		}
 	}
 	n := acked
-	if c.ch != nil {
-		// A return precedes its message's ack, so the returns of every
-		// acked message are queued by now.
-		c.ch.drainReturns()
-		for i := range acked {
-			if r, ok := c.ch.takeReturn(c.ids[i]); ok {
-				n = i
-				err = &ReturnedError{MessageID: r.MessageId, Exchange: r.Exchange, RoutingKey: r.RoutingKey, Code: r.ReplyCode, Text: r.ReplyText}
-				break
-			}
+	// A return precedes its message's ack on its channel, so the returns
+	// of every acked message are queued by now.
+	for _, ch := range c.chs {
+		ch.drainReturns()
+	}
+	for i, s := range c.sent[:acked] {
+		if r, ok := s.ch.takeReturn(s.id); ok {
+			n = i
+			err = &ReturnedError{MessageID: r.MessageId, Exchange: r.Exchange, RoutingKey: r.RoutingKey, Code: r.ReplyCode, Text: r.ReplyText}
+			break
 		}
 	}
-	if err == nil && n == len(c.dcs) {
+	if err == nil && n == len(c.sent) {
 		err = c.sendErr
 	}
-	if err != nil && c.ch != nil {
-		// Whatever follows on this channel is in doubt or out of order:
-		// the core republishes from its recorded position on a new one.
-		c.b.fail(c.ch)
+	if err != nil && len(c.chs) > 0 {
+		// Whatever follows on these channels is in doubt or out of
+		// order: the core republishes from its recorded position on a
+		// new connection.
+		c.b.fail(c.chs[0])
 	}
 	return n, err
 }
