@@ -104,6 +104,16 @@ COMMENT ON COLUMN outbox_relay_position.state IS
 COMMENT ON INDEX outbox_relay_position_pkey IS
     'One position per outbox table.';
 
+-- Retention's watermark. Added with ADD COLUMN IF NOT EXISTS, so running
+-- this file again upgrades a position table made by an earlier version.
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS pruned_until timestamptz NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS pruned_id bigint NULL;
+
+COMMENT ON COLUMN outbox_relay_position.pruned_until IS
+    'Retention watermark: the newest created_at among the published rows the relay deleted (RELAY_RETENTION); NULL if it never deleted any. Published rows created at or before it may be gone; rows created after it were never deleted by the relay. outbox-relay replay reports selections that reach behind it.';
+COMMENT ON COLUMN outbox_relay_position.pruned_id IS
+    'Retention watermark: the highest row id the relay deleted; NULL if none. Rows with higher ids were never deleted by the relay.';
+
 CREATE TABLE IF NOT EXISTS outbox_relay_parked (
     outbox_table    text        NOT NULL,
     id              bigint      NOT NULL,

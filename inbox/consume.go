@@ -58,6 +58,9 @@ func (in *Inbox) Consume(ctx context.Context, deliveries <-chan amqp.Delivery) e
 				log.Info("inbox: database recovered", "failed_deliveries", failures)
 				failures = 0
 			}
+		case errors.Is(err, ErrRejected):
+			// Logged even when stopping: the message has left the queue.
+			log.Error("inbox: message rejected without requeue", "message_id", d.MessageId, "routing_key", d.RoutingKey, "err", err)
 		case ctx.Err() != nil:
 			return nil
 		case errors.Is(err, ErrDatabase):
@@ -66,8 +69,6 @@ func (in *Inbox) Consume(ctx context.Context, deliveries <-chan amqp.Delivery) e
 			}
 			failures++
 			sleep(ctx, databaseBackoff(failures))
-		case errors.Is(err, ErrRejected):
-			log.Error("inbox: message rejected without requeue", "message_id", d.MessageId, "routing_key", d.RoutingKey, "err", err)
 		default:
 			log.Warn("inbox: message not processed", "message_id", d.MessageId, "routing_key", d.RoutingKey, "err", err)
 		}

@@ -70,6 +70,9 @@ type Config struct {
 	// Logger receives one line per state change. Nil discards.
 	Logger *slog.Logger
 
+	// Observer is told what the relay does, for metrics. Nil tells no one.
+	Observer Observer
+
 	// Hooks let tests wait on events instead of sleeping.
 	Hooks Hooks
 }
@@ -138,6 +141,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.RetryMax == 0 {
 		c.RetryMax = max(DefaultRetryMax, c.RetryMin)
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

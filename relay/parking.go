@@ -86,7 +86,7 @@ func (p *pipeline) retryParked(ctx context.Context) error {
 	for time.Now().Before(budget) {
 		heads, err := p.r.store.DueHeads(work, 100)
 		if err != nil {
-			return errorf(ctx, "find parked rows: %w", err)
+			return errorf(ctx, "find parked rows: %w", storeError{err})
 		}
 		if len(heads) == 0 {
 			return nil
@@ -124,7 +124,7 @@ func (p *pipeline) retryOne(ctx context.Context, h ParkedRow) error {
 	if n == 1 {
 		remaining, err := p.r.store.Unpark(ctx, row)
 		if err != nil {
-			return errorf(ctx, "unpark row %d: %w", row.ID, err)
+			return errorf(ctx, "unpark row %d: %w", row.ID, storeError{err})
 		}
 		if remaining == 0 {
 			delete(p.parked, row.Aggregate())
@@ -136,10 +136,11 @@ func (p *pipeline) retryOne(ctx context.Context, h ParkedRow) error {
 		return errorf(ctx, "publish parked row %d: %w", row.ID, err)
 	}
 	p.r.pub.Reset()
+	p.r.cfg.Observer.Failed(FailureRejected)
 	attempts := h.Attempts + 1
 	dead := attempts >= p.r.cfg.MaxAttempts
 	if err := p.r.store.Failed(ctx, row, attempts, err.Error(), p.r.cfg.parkBackoff(attempts), dead); err != nil {
-		return errorf(ctx, "count failed attempt of row %d: %w", row.ID, err)
+		return errorf(ctx, "count failed attempt of row %d: %w", row.ID, storeError{err})
 	}
 	if dead {
 		p.r.log.Error("row is dead: its aggregate waits until it is retried or dropped (outbox-relay dead)",

@@ -19,6 +19,7 @@ type flight struct {
 	rows []Row
 	conf Confirmation
 	park []Parked
+	sent time.Time // when Publish was called; zero for rows held to park
 }
 
 // pipeline keeps a sliding window of published rows awaiting confirms: it
@@ -60,6 +61,7 @@ type pipeline struct {
 // flights that are confirmed, retry parked rows, or wait for one of those.
 func (p *pipeline) step(ctx, finish context.Context) error {
 	p.progressed = false
+	p.r.cfg.Observer.Alive()
 	stopping := ctx.Err() != nil
 	if stopping && len(p.flights) == 0 {
 		return errStopped
@@ -85,12 +87,14 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		if closed(ready) {
 			if p.paused {
 				p.paused = false
+				p.r.cfg.Observer.Blocked(false)
 				p.r.log.Info("resumed publishing: the broker unblocked")
 			}
 			return p.publish(ctx)
 		}
 		if !p.paused {
 			p.paused = true
+			p.r.cfg.Observer.Blocked(true)
 			p.r.log.Warn("paused publishing: the broker is blocking publishers (resource alarm); nothing is read or buffered meanwhile")
 		}
 		unblocked = ready
@@ -148,7 +152,7 @@ func (p *pipeline) publish(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil // stopping; nothing new is in flight
 		}
-		return errorf(ctx, "read outbox: %w", err)
+		return errorf(ctx, "read outbox: %w", storeError{err})
 	}
 	if time.Now().After(p.deadline) {
 		return ErrLeaseLost // the read outlasted the lease: publish nothing
@@ -182,6 +186,7 @@ func (p *pipeline) publish(ctx context.Context) error {
 		} else if m, err := NewMessage(row, cfg.Exchange); err != nil {
 			pk := cfg.failedOnce(*row, err.Error())
 			park = &pk
+			cfg.Observer.Failed(FailureInvalid)
 			p.r.log.Warn("row cannot become a message: parked", "id", row.ID, "reason", err)
 		} else {
 			msgs = append(msgs, m)
@@ -203,8 +208,9 @@ func (p *pipeline) push(ctx context.Context, rows []Row, msgs []Message) {
 	}
 	// A batch that was read is sent whole even if a stop arrives now; the
 	// stop then waits for its confirms like for any other flight.
-	p.flights = append(p.flights, flight{rows: rows, conf: p.r.pub.Publish(context.WithoutCancel(ctx), msgs)})
+	p.flights = append(p.flights, flight{rows: rows, conf: p.r.pub.Publish(context.WithoutCancel(ctx), msgs), sent: time.Now()})
 	p.inFlight += len(rows)
+	p.r.cfg.Observer.Sent(len(msgs))
 	p.cursor = rows[len(rows)-1].Position()
 }
 
@@ -225,6 +231,7 @@ func (p *pipeline) record(finish context.Context) error {
 	var recorded int
 	var failure error
 	var park []Parked
+	var confirmed []flightDone
 	pos := p.r.pos
 	for len(p.flights) > 0 {
 		f := p.flights[0]
@@ -236,6 +243,9 @@ func (p *pipeline) record(finish context.Context) error {
 			pos = f.rows[n-1].Position()
 			recorded += n
 			park = append(park, f.park...)
+			if !f.sent.IsZero() {
+				confirmed = append(confirmed, flightDone{n, time.Since(f.sent)})
+			}
 		}
 		if err != nil && p.probe && len(f.rows) == 1 && n == 0 && errors.Is(err, ErrRejected) {
 			// The row failed alone: it is the culprit. Park it and
@@ -247,6 +257,7 @@ func (p *pipeline) record(finish context.Context) error {
 			recorded++
 			p.r.pub.Reset()
 			p.readDue = true // go on with the next row
+			p.r.cfg.Observer.Failed(FailureRejected)
 			p.r.log.Warn("row rejected: parked, its aggregate waits behind it, others go on",
 				"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "reason", err)
 			err = nil
@@ -281,9 +292,12 @@ func (p *pipeline) record(finish context.Context) error {
 			err = p.r.store.Record(rctx, pos)
 		}
 		if err != nil {
-			return errorf(finish, "record position %s: %w", pos, errors.Join(err, failure))
+			return errorf(finish, "record position %s: %w", pos, errors.Join(storeError{err}, failure))
 		}
 		p.r.pos = pos
+		for _, c := range confirmed {
+			p.r.cfg.Observer.Confirmed(c.rows, c.latency)
+		}
 		p.progressed = true
 		p.r.log.Debug("recorded", "position", pos.String(), "rows", recorded, "parked", len(park))
 		if h := p.r.cfg.Hooks.Recorded; h != nil {
@@ -311,7 +325,13 @@ func (p *pipeline) renewLease(ctx context.Context) error {
 	if errors.Is(err, ErrLeaseLost) {
 		return err
 	}
-	return errorf(ctx, "renew lease: %w", err)
+	return errorf(ctx, "renew lease: %w", storeError{err})
+}
+
+// flightDone is a confirmed flight, for the Observer.
+type flightDone struct {
+	rows    int
+	latency time.Duration
 }
 
 // reset discards everything in flight after a failure: publishing resumes

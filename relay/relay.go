@@ -142,6 +142,7 @@ func (r *Relay) acquire(ctx context.Context) (Position, time.Time, []Aggregate, 
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
 	var waiting string
 	for ctx.Err() == nil {
+		r.cfg.Observer.Alive()
 		t0 := time.Now()
 		pos, err := r.store.Acquire(ctx)
 		var parked []Aggregate
@@ -151,6 +152,7 @@ func (r *Relay) acquire(ctx context.Context) (Position, time.Time, []Aggregate, 
 		switch {
 		case err == nil:
 			r.log.Info("leading: took the lease", "position", pos.String(), "parked_aggregates", len(parked))
+			r.cfg.Observer.Leading(true)
 			if h := r.cfg.Hooks.Leading; h != nil {
 				h()
 			}
@@ -176,6 +178,7 @@ func (r *Relay) acquire(ctx context.Context) (Position, time.Time, []Aggregate, 
 func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate) error {
 	finish, cancel := drainContext(ctx, r.cfg.ShutdownTimeout)
 	defer cancel()
+	defer r.cfg.Observer.Leading(false)
 
 	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll, deadline: deadline,
 		renew: time.NewTimer(r.cfg.renewEvery()), retry: time.NewTimer(0), parked: map[Aggregate]bool{}}
@@ -197,6 +200,7 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 			return err
 		case errors.Is(err, ErrLeaseLost):
 			p.reset()
+			r.cfg.Observer.Failed(FailureLease)
 			return err
 		case err != nil:
 			p.reset()
@@ -210,6 +214,7 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 				r.log.Warn("publishing failed; retrying", "err", err, "position", r.pos.String())
 			}
 			failing = err
+			r.cfg.Observer.Failed(failure(err))
 			if h := r.cfg.Hooks.RoundFailed; h != nil {
 				h(err)
 			}
@@ -236,6 +241,7 @@ func (r *Relay) release(ctx context.Context) {
 func (r *Relay) start(ctx context.Context) error {
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
 	for {
+		r.cfg.Observer.Alive()
 		pos, err := r.store.Start(ctx)
 		if err == nil {
 			r.pos = pos

@@ -27,8 +27,8 @@ type env struct {
 	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a rejected row is dead (retried with backoff from 1s, doubling up to 5m; see outbox-relay dead)."`
 	LeaseTimeout    time.Duration `envconfig:"LEASE_TIMEOUT" default:"10s" desc:"How long a dead replica's lease blocks others: a standby takes over within this after the leader dies. The leader renews every third of it."`
 	ReplicaName     string        `envconfig:"REPLICA_NAME" default:"" desc:"This replica's name in the lease and in status; empty means the host name. Must differ between running replicas: a replica named like the lease holder takes over at once (a restart)."`
-	Retention       time.Duration `envconfig:"RETENTION" default:"168h" desc:"How long published rows are kept. Validated; not yet used: this version never deletes rows."`
-	HTTPAddr        string        `envconfig:"HTTP_ADDR" default:"" desc:"Address for /healthz and /readyz, e.g. :9090; empty disables it."`
+	Retention       time.Duration `envconfig:"RETENTION" default:"168h" desc:"How long published rows are kept (from created_at) before the lease holder deletes them, in small batches, every minute (or a quarter of the retention if shorter); pending, parked and dead rows are never deleted. 0 disables deletion."`
+	HTTPAddr        string        `envconfig:"HTTP_ADDR" default:"" desc:"Address for /metrics, /healthz and /readyz, e.g. :9090; empty disables them."`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error."`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json."`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"How long SIGTERM waits for in-flight confirms before giving up (recording them, releasing the lease and closing take up to about 10 s more)."`

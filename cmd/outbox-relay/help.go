@@ -19,6 +19,8 @@ commands:
   migrate    apply the embedded schema.sql (idempotent)
   status     pending and dead rows, oldest pending age, leader, position; --json for one JSON object
   dead       list, retry or drop rows the broker kept rejecting
+  replay     publish already-published rows again (by id, time, aggregate or event type)
+  health     exit 0 if the relay on this host answers /healthz (for container health checks)
   help       this text
   version    the version
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 )
 
 func main() {
@@ -32,6 +33,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = statusCommand(ctx, rest, stdout, stderr)
 	case "dead":
 		err = deadCommand(ctx, rest, stdout, stderr)
+	case "replay":
+		err = replayCommand(ctx, rest, stdout, stderr)
+	case "health":
+		err = healthCommand(ctx, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		printHelp(stdout)
 	case "version", "-version", "--version":
@@ -59,8 +64,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func newLogger(e *env, w io.Writer) *slog.Logger {
 	level, _ := e.logLevel()
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if e.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(newThrottle(h, logThrottle))
 }
+
+// logThrottle is the shortest time between two warnings or errors with the
+// same message.
+const logThrottle = 30 * time.Second

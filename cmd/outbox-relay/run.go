@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/relay"
+	"github.com/outboxrelay/outboxrelay/relay/metrics"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
 	"github.com/outboxrelay/outboxrelay/relay/rabbitmq"
 )
@@ -86,6 +87,7 @@ type Main struct {
 	broker   *rabbitmq.Broker
 	listener *postgres.Listener
 	relay    *relay.Relay
+	metrics  *metrics.Metrics
 	http     *http.Server
 }
 
@@ -113,8 +115,10 @@ func newMain(e *env, log *slog.Logger) (*Main, error) {
 		return nil, fmt.Errorf("open broker: %w", err)
 	}
 	m.listener = postgres.NewListener(storeCfg.URL, log)
+	m.metrics = metrics.New(m.broker.Connected)
 	relayCfg.Wake = m.listener.C()
 	relayCfg.Logger = log
+	relayCfg.Observer = m.metrics
 	if m.relay, err = relay.New(relayCfg, m.store, m.broker); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("create relay: %w", err)
@@ -137,13 +141,20 @@ func (m *Main) Run(ctx context.Context) error {
 	// One log line when a long transaction has held rows back for 10 s,
 	// one when it ends.
 	wg.Go(func() { postgres.WatchHoldUps(lctx, m.store, 5*time.Second, 10*time.Second, m.log) })
+	// Published rows older than RELAY_RETENTION are deleted while this
+	// replica holds the lease; 0 disables it (RunRetention returns at once).
+	wg.Go(func() {
+		postgres.RunRetention(lctx, m.store, postgres.RetentionConfig{Retention: m.env.Retention, Logger: m.log,
+			OnDeleted: m.metrics.RetentionDeleted})
+	})
 
 	if m.env.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", m.env.HTTPAddr)
 		if err != nil {
 			return &usageError{fmt.Sprintf("RELAY_HTTP_ADDR: %v", err)}
 		}
-		m.http = &http.Server{Handler: healthHandler(), ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() { sampleOutbox(lctx, m.store, m.metrics, sampleEvery) })
+		m.http = &http.Server{Handler: probeHandler(m.metrics, stuckAfter(m.env)), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
 			if err := m.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				m.log.Error("http server stopped", "err", err)
@@ -166,15 +177,4 @@ func (m *Main) Close() {
 	if m.store != nil {
 		m.store.Close()
 	}
-}
-
-// healthHandler serves /healthz: the process is up and serving. Readiness
-// and metrics arrive with the observability work; /readyz reports the same
-// as /healthz until then.
-func healthHandler() http.Handler {
-	mux := http.NewServeMux()
-	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
-	mux.HandleFunc("GET /healthz", ok)
-	mux.HandleFunc("GET /readyz", ok)
-	return mux
 }

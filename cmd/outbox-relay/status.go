@@ -53,6 +53,7 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fmt.Fprintf(stdout, "table                 %s\n", st.Table)
 	fmt.Fprintf(stdout, "pending               %d\n", st.Pending)
 	fmt.Fprintf(stdout, "dead                  %d\n", st.Dead)
+	fmt.Fprintf(stdout, "parked                %d\n", st.Parked)
 	fmt.Fprintf(stdout, "oldest pending age    %.1fs\n", st.OldestPendingAgeSeconds)
 	switch {
 	case st.Leader == "":

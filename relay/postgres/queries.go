@@ -128,7 +128,7 @@ UPDATE %s SET attempts = $3, last_error = $4, next_attempt_at = now() + $5 * int
  WHERE outbox_table = $1 AND id = $2
    AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $7)`, parked, pos),
 		deadCount: fmt.Sprintf(`
-SELECT count(*) FROM %s WHERE outbox_table = $1 AND dead`, parked),
+SELECT count(*) FILTER (WHERE dead), count(*) FILTER (WHERE NOT dead) FROM %s WHERE outbox_table = $1`, parked),
 		deadList: fmt.Sprintf(`
 SELECT p.id, p.aggregate_type, p.aggregate_id, p.attempts, coalesce(p.last_error, ''),
        extract(epoch FROM now() - p.parked_at)::float8, coalesce(o.event_type, ''), coalesce(o.routing_key, ''),
@@ -161,5 +161,99 @@ SELECT pid, database, age_seconds, prepared FROM (
 ) x
  ORDER BY xid_age DESC
  LIMIT 1`,
+	}
+}
+
+// retentionQueries holds the SQL of retention (prune.go) and replay
+// (replay.go) for one outbox table.
+type retentionQueries struct {
+	// prune deletes one batch of published rows, fenced on the lease: the
+	// position row must name this replica, its epoch and an unexpired
+	// lease, or the batch is empty. The batch is the next $6 rows after
+	// the cursor ($4, $5) and at or before the recorded position: both
+	// bounds are index conditions of one range scan of
+	// outbox_txid_id_idx (the position comes in as scalar subqueries so
+	// the planner can use it as a bound, not a join filter). Of those, rows
+	// older than $7 ms and not parked are deleted through outbox_pkey;
+	// the newest created_at and the highest id deleted are recorded in
+	// the same statement. It returns how many rows it deleted and looked
+	// at, and the last row looked at (the next cursor) and whether it was
+	// too young. No row at all means nothing was left to look at.
+	prune string
+	// replayBounds reads the recorded position and what retention deleted
+	// (primary key lookup).
+	replayBounds string
+	// replayRows reads the next $13 published rows of a selection after the
+	// cursor ($9, $10) and at or before the position ($11, $12), in
+	// publishing order: one range scan of outbox_txid_id_idx, the
+	// selection applied as a filter, parked rows skipped (their primary
+	// key).
+	replayRows string
+	// replayCounts counts the rows of a selection after the position
+	// ($9, $10; a range scan of outbox_txid_id_idx), and its parked rows
+	// and the dead ones among them (outbox_relay_parked_pkey, then
+	// outbox_pkey).
+	replayCounts string
+}
+
+// replaySelection is the filter of the replay queries: $2..$8 are the
+// selection (NULL matches anything), $1 the table's key.
+const replaySelection = `($2::bigint IS NULL OR o.id >= $2)
+   AND ($3::bigint IS NULL OR o.id <= $3)
+   AND ($4::timestamptz IS NULL OR o.created_at >= $4)
+   AND ($5::timestamptz IS NULL OR o.created_at < $5)
+   AND ($6::text IS NULL OR o.aggregate_type = $6)
+   AND ($7::text IS NULL OR o.aggregate_id = $7)
+   AND ($8::text IS NULL OR o.event_type = $8)`
+
+func newRetentionQueries(t Table) retentionQueries {
+	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
+	return retentionQueries{
+		prune: fmt.Sprintf(`
+WITH lease AS MATERIALIZED (
+  SELECT txid, id FROM %[2]s
+   WHERE outbox_table = $1 AND holder = $2 AND epoch = $3 AND lease_until > now()
+), batch AS MATERIALIZED (
+  SELECT o.id, o.txid, o.created_at
+    FROM %[1]s o
+   WHERE (o.txid, o.id) > ($4::text::xid8, $5::bigint)
+     AND (o.txid, o.id) <= ((SELECT txid FROM lease), (SELECT id FROM lease))
+   ORDER BY o.txid, o.id
+   LIMIT $6
+), gone AS (
+  DELETE FROM %[1]s o
+   WHERE o.id = ANY (ARRAY(
+           SELECT b.id FROM batch b
+            WHERE b.created_at < now() - $7 * interval '1 millisecond'
+              AND NOT EXISTS (SELECT 1 FROM %[3]s k WHERE k.outbox_table = $1 AND k.id = b.id)))
+  RETURNING o.id, o.created_at
+), mark AS (
+  UPDATE %[2]s SET pruned_until = greatest(pruned_until, g.until), pruned_id = greatest(pruned_id, g.max_id)
+    FROM (SELECT max(created_at) AS until, max(id) AS max_id FROM gone) g
+   WHERE outbox_table = $1 AND g.max_id IS NOT NULL
+)
+SELECT (SELECT count(*) FROM gone)::int, (SELECT count(*) FROM batch)::int,
+       l.txid::text AS txid_text, l.id, l.created_at >= now() - $7 * interval '1 millisecond'
+  FROM (SELECT txid, id, created_at FROM batch ORDER BY txid DESC, id DESC LIMIT 1) l`, outbox, pos, parked),
+		replayBounds: fmt.Sprintf(`
+SELECT txid::text AS txid_text, id, pruned_until, coalesce(pruned_id, 0) FROM %s WHERE outbox_table = $1`, pos),
+		replayRows: fmt.Sprintf(`
+SELECT o.id, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
+       o.exchange, o.routing_key, o.payload, o.content_type, o.headers::text, o.created_at
+  FROM %s o
+ WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
+   AND (o.txid, o.id) <= ($11::text::xid8, $12::bigint)
+   AND %s
+   AND NOT EXISTS (SELECT 1 FROM %s k WHERE k.outbox_table = $1 AND k.id = o.id)
+ ORDER BY o.txid, o.id
+ LIMIT $13`, outbox, replaySelection, parked),
+		replayCounts: fmt.Sprintf(`
+SELECT (SELECT count(*) FROM %[1]s o
+         WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
+           AND %[3]s),
+       count(*), count(*) FILTER (WHERE k.dead)
+  FROM %[2]s k JOIN %[1]s o ON o.id = k.id
+ WHERE k.outbox_table = $1
+   AND %[3]s`, outbox, parked, replaySelection),
 	}
 }

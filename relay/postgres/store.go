@@ -222,6 +222,7 @@ type Status struct {
 	PositionUpdatedAt       time.Time `json:"position_updated_at"`
 	Pending                 int64     `json:"pending"`
 	Dead                    int64     `json:"dead"`
+	Parked                  int64     `json:"parked"` // rejected rows waiting for a retry, not yet dead
 	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
 	Leader                  string    `json:"leader"`                  // replica holding the lease; empty if none
 	LeaderState             string    `json:"leader_state"`            // what the leader reported at its last renewal
@@ -265,7 +266,7 @@ func (s *Store) Status(ctx context.Context) (Status, error) {
 	default:
 		st.Position = txid + "/" + strconv.FormatInt(id, 10)
 	}
-	if err := s.pool.QueryRow(ctx, s.q.deadCount, key).Scan(&st.Dead); err != nil {
+	if err := s.pool.QueryRow(ctx, s.q.deadCount, key).Scan(&st.Dead, &st.Parked); err != nil {
 		return Status{}, fmt.Errorf("count dead rows: %w", err)
 	}
 	var x Xact

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+	"github.com/outboxrelay/outboxrelay/relay/postgres"
+	"github.com/outboxrelay/outboxrelay/relay/rabbitmq"
+)
+
+const replayUsage = `usage: outbox-relay replay [selection] [--to-queue NAME] [--dry-run]
+       outbox-relay replay --all [--to-queue NAME] [--dry-run]
+
+Publishes rows again that the relay already published, to recover a
+consumer that lost messages: in their original order, with their original
+message_id, properties and headers, plus the header outbox_replay = true.
+Selection flags combine with AND; at least one is required, or --all.
+
+Only rows at or before the recorded position (published) are replayed. Rows
+after it are pending and the relay publishes them anyway; parked and dead
+rows were never published: neither is replayed, both are counted. Rows that
+retention (RELAY_RETENTION) deleted cannot be replayed: a selection that
+reaches them is reported, and if nothing at all could be sent the exit
+status is 1.
+
+Replay takes no lease and may run while the relay runs: replayed messages
+interleave with live ones, so consumers must deduplicate on message_id.
+
+flags:
+`
+
+// replayHeader marks a replayed message, next to the headers every
+// message carries (aggregate_type, aggregate_id, outbox_id).
+const replayHeader = "outbox_replay"
+
+// replayConfirmTimeout bounds the wait for one batch's confirms.
+const replayConfirmTimeout = time.Minute
+
+type replayFlags struct {
+	sel     postgres.ReplaySelection
+	all     bool
+	dryRun  bool
+	toQueue string
+}
+
+func parseReplayFlags(args []string, stderr io.Writer) (replayFlags, error) {
+	var f replayFlags
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fs.Int64Var(&f.sel.FromID, "from-id", 0, "rows with id at least this")
+	fs.Int64Var(&f.sel.ToID, "to-id", 0, "rows with id at most this")
+	since := fs.String("since", "", "rows created at or after this time (RFC 3339, e.g. 2026-11-19T10:00:00Z)")
+	until := fs.String("until", "", "rows created before this time (RFC 3339)")
+	fs.StringVar(&f.sel.AggregateType, "aggregate-type", "", "rows of this aggregate_type")
+	fs.StringVar(&f.sel.AggregateID, "aggregate-id", "", "rows of this aggregate_id (needs --aggregate-type)")
+	fs.StringVar(&f.sel.EventType, "event-type", "", "rows of this event_type")
+	fs.BoolVar(&f.all, "all", false, "every published row still in the outbox")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print what would be sent, one line per row; connect to no broker")
+	fs.StringVar(&f.toQueue, "to-queue", "", "send every message to this queue (the default exchange, routing key NAME) instead of its own exchange and routing key")
+	if err := parseFlags(fs, args, replayUsage, stderr); err != nil {
+		return f, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	bad := func(format string, a ...any) error { return &usageError{"replay: " + fmt.Sprintf(format, a...)} }
+
+	if (set["from-id"] && f.sel.FromID < 1) || (set["to-id"] && f.sel.ToID < 1) {
+		return f, bad("--from-id and --to-id take row ids (at least 1)")
+	}
+	var err error
+	if *since != "" {
+		if f.sel.Since, err = time.Parse(time.RFC3339, *since); err != nil {
+			return f, bad("--since %q is not an RFC 3339 time (e.g. 2026-11-19T10:00:00Z)", *since)
+		}
+	}
+	if *until != "" {
+		if f.sel.Until, err = time.Parse(time.RFC3339, *until); err != nil {
+			return f, bad("--until %q is not an RFC 3339 time (e.g. 2026-11-19T10:00:00Z)", *until)
+		}
+	}
+	selectors := 0
+	for _, name := range []string{"from-id", "to-id", "since", "until", "aggregate-type", "aggregate-id", "event-type"} {
+		if set[name] {
+			selectors++
+		}
+	}
+	for _, name := range []string{"aggregate-type", "aggregate-id", "event-type", "to-queue"} {
+		if set[name] && fs.Lookup(name).Value.String() == "" {
+			return f, bad("--%s needs a value", name)
+		}
+	}
+	switch {
+	case selectors == 0 && !f.all:
+		return f, bad("choose rows with --from-id, --to-id, --since, --until, --aggregate-type, --aggregate-id or --event-type, or replay every published row with --all")
+	case selectors > 0 && f.all:
+		return f, bad("--all replays every published row: it takes no other selection")
+	case f.sel.AggregateID != "" && f.sel.AggregateType == "":
+		return f, bad("--aggregate-id needs --aggregate-type (aggregate ids are unique per type)")
+	case f.sel.ToID != 0 && f.sel.FromID > f.sel.ToID:
+		return f, bad("--from-id %d is after --to-id %d", f.sel.FromID, f.sel.ToID)
+	case !f.sel.Until.IsZero() && !f.sel.Since.Before(f.sel.Until) && !f.sel.Since.IsZero():
+		return f, bad("--since %s is not before --until %s", *since, *until)
+	}
+	return f, nil
+}
+
+func replayCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, err := parseReplayFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	e, store, err := openStore()
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if _, err := e.relayConfig(); err != nil {
+		return err // RELAY_BATCH_SIZE sizes the pages
+	}
+	var broker *rabbitmq.Broker
+	if !f.dryRun {
+		cfg, err := e.brokerConfig()
+		if err != nil {
+			return err
+		}
+		cfg.Name = "outbox-relay replay"
+		cfg.Window = e.BatchSize
+		cfg.Logger = newLogger(e, stderr)
+		if broker, err = rabbitmq.New(cfg); err != nil {
+			return fmt.Errorf("open broker: %w", err)
+		}
+		defer broker.Close()
+	}
+
+	plan, err := store.PlanReplay(ctx, f.sel)
+	if err != nil {
+		return fmt.Errorf("replay from %s: %w", postgres.Describe(e.DatabaseURL), err)
+	}
+	r := &replayer{flags: f, env: e, store: store, broker: broker, plan: plan, out: stdout}
+	sendErr := r.run(ctx)
+	r.report(stdout, stderr)
+	switch {
+	case sendErr != nil:
+		return sendErr
+	case r.sent == 0 && plan.Pruned:
+		return errors.New("nothing replayed: the selected rows that were published have been deleted by retention")
+	}
+	return nil
+}
+
+// replayer sends the rows of one replay.
+type replayer struct {
+	flags  replayFlags
+	env    *env
+	store  *postgres.Store
+	broker *rabbitmq.Broker // nil for a dry run
+	plan   postgres.ReplayPlan
+	out    io.Writer
+	sent   int // rows sent and confirmed (or printed, for a dry run)
+}
+
+// run reads the selection page by page in publishing order and publishes
+// (or prints) each page, waiting for its confirms before reading the next.
+func (r *replayer) run(ctx context.Context) error {
+	var after relay.Position
+	for {
+		rows, err := r.store.ReplayRows(ctx, r.plan, r.flags.sel, after, r.env.BatchSize)
+		if err != nil {
+			return fmt.Errorf("read rows to replay: %w", err)
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		after = rows[len(rows)-1].Position()
+		msgs := make([]relay.Message, 0, len(rows))
+		for i := range rows {
+			m, err := relay.NewMessage(&rows[i], r.env.Exchange)
+			if err != nil {
+				return fmt.Errorf("replay row %d: %w", rows[i].ID, err)
+			}
+			m.Headers[replayHeader] = true
+			if r.flags.toQueue != "" {
+				m.Exchange, m.RoutingKey = "", r.flags.toQueue
+			}
+			msgs = append(msgs, m)
+		}
+		if r.broker == nil {
+			for i, m := range msgs {
+				row := &rows[i]
+				fmt.Fprintf(r.out, "%d  txid %d  %s/%s  %s  exchange %q  routing key %q  message_id %s\n",
+					row.ID, row.TxID, row.AggregateType, row.AggregateID, row.EventType, m.Exchange, m.RoutingKey, m.MessageID)
+			}
+			r.sent += len(msgs)
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, replayConfirmTimeout)
+		n, err := r.broker.Publish(wctx, msgs).Wait(wctx)
+		cancel()
+		r.sent += n
+		if err != nil {
+			return fmt.Errorf("replay stopped after %d rows, at row %d (rerun it to send the rest; consumers deduplicate): %w",
+				r.sent, rows[min(n, len(rows)-1)].ID, err)
+		}
+	}
+}
+
+// report prints the summary and what the selection holds that was not
+// replayed, and why.
+func (r *replayer) report(stdout, stderr io.Writer) {
+	p := r.plan
+	switch {
+	case r.broker == nil:
+		fmt.Fprintf(stdout, "dry run: %s would be replayed from %s (published up to position %s); nothing was sent\n", rowCount(r.sent), p.Table, p.Position)
+	default:
+		fmt.Fprintf(stdout, "replayed %s from %s (published up to position %s)\n", rowCount(r.sent), p.Table, p.Position)
+	}
+	if !p.Started {
+		fmt.Fprintf(stdout, "the relay has not started on %s yet: nothing is published\n", p.Table)
+	}
+	if p.Pending > 0 {
+		fmt.Fprintf(stdout, "%s of the selection not published yet: not replayed; the relay publishes them\n", rowCount(p.Pending))
+	}
+	if p.Parked > 0 {
+		fmt.Fprintf(stdout, "%s of the selection parked (%d of them dead): never published, so not replayed (see outbox-relay dead list)\n",
+			rowCount(p.Parked), p.Dead)
+	}
+	if p.Pruned {
+		fmt.Fprintf(stderr, "outbox-relay replay: warning: published rows created up to %s (ids up to %d) were deleted by retention (RELAY_RETENTION): those the selection asks for are not replayed\n",
+			p.PrunedUntil.UTC().Format(time.RFC3339), p.PrunedID)
+	}
+}
+
+// rowCount says "1 row", "2 rows".
+func rowCount[N int | int64](n N) string {
+	if n == 1 {
+		return "1 row"
+	}
+	return fmt.Sprintf("%d rows", n)
+}

@@ -1,0 +1,209 @@
+// Package metrics exports the relay's state as Prometheus metrics and
+// answers its health and readiness checks. Metrics implements
+// relay.Observer for what the relay loop does; the state of the outbox
+// (pending, parked and dead rows, lag, hold-ups) is sampled from the
+// database by the caller and handed over with Observe.
+package metrics
+
+import (
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+const namespace = "outbox_relay"
+
+// Metrics is the relay's metrics and health state. Create it with New.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	published        prometheus.Counter
+	failures         *prometheus.CounterVec
+	confirmLatency   prometheus.Histogram
+	batchSize        prometheus.Histogram
+	leader           prometheus.Gauge
+	blocked          prometheus.Gauge
+	databaseUp       prometheus.Gauge
+	pending          prometheus.Gauge
+	oldestPendingAge prometheus.Gauge
+	parked           prometheus.Gauge
+	dead             prometheus.Gauge
+	holdupAge        prometheus.Gauge
+	retentionDeleted prometheus.Counter
+
+	health
+}
+
+// New registers the metrics. brokerUp reports whether this replica has a
+// connection to the broker; nil means never.
+func New(brokerUp func() bool) *Metrics {
+	if brokerUp == nil {
+		brokerUp = func() bool { return false }
+	}
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.health.brokerUp = brokerUp
+	m.lastAlive.Store(time.Now().UnixNano())
+
+	f := promauto{m.reg}
+	m.published = f.counter("rows_published_total", "Rows confirmed by the broker and recorded as published.")
+	m.failures = f.counterVec("publish_failures_total",
+		"Publishing failures by reason: rejected (the broker refused a row), invalid (a row cannot become a message), "+
+			"broker (connection or channel failed), database (read, record or lease renewal failed), lease (the lease was lost).",
+		"reason")
+	for _, r := range []relay.Failure{relay.FailureRejected, relay.FailureInvalid, relay.FailureBroker,
+		relay.FailureDatabase, relay.FailureLease} {
+		m.failures.WithLabelValues(string(r)) // export zeros, so rates work from the start
+	}
+	m.confirmLatency = f.histogram("confirm_latency_seconds",
+		"Time from publishing a batch to its confirm being recorded.",
+		prometheus.ExponentialBuckets(0.0005, 2, 16)) // 0.5 ms to 16 s
+	m.batchSize = f.histogram("batch_size", "Messages per publish call.",
+		[]float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000})
+	m.leader = f.gauge("leader", "1 while this replica holds the lease and publishes, else 0.")
+	m.blocked = f.gauge("broker_blocked", "1 while the broker blocks publishers (a resource alarm), else 0.")
+	m.databaseUp = f.gauge("database_up", "1 if the last sample of the outbox's state succeeded, else 0.")
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "broker_up",
+		Help: "1 while this replica has an open connection to the broker (standbys have none), else 0.",
+	}, func() float64 { return b2f(brokerUp()) }))
+	m.pending = f.gauge("pending_rows", "Committed rows after the recorded position, not yet published.")
+	m.oldestPendingAge = f.gauge("oldest_pending_age_seconds",
+		"Age of the oldest pending row: how far publishing lags behind the writers. 0 when none is pending.")
+	m.parked = f.gauge("parked_rows", "Rows the broker rejected that wait for a retry (not yet dead).")
+	m.dead = f.gauge("dead_rows", "Rows that failed every attempt; their aggregates wait (see outbox-relay dead).")
+	m.holdupAge = f.gauge("holdup_age_seconds",
+		"Age of the oldest transaction holding committed rows back from publishing; 0 when none does.")
+	m.retentionDeleted = f.counter("retention_deleted_rows_total", "Published rows deleted by retention.")
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Sample is the outbox's state, as read from the database.
+type Sample struct {
+	Pending, Parked, Dead   int64
+	OldestPendingAgeSeconds float64
+	HoldupAgeSeconds        float64 // 0 when no transaction holds rows back
+}
+
+// Observe records a sample of the outbox's state; a nil sample means the
+// database could not be read.
+func (m *Metrics) Observe(s *Sample) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sampled = true
+	if s == nil {
+		m.databaseUp.Set(0)
+		m.dbUp = false
+		return
+	}
+	m.databaseUp.Set(1)
+	m.dbUp = true
+	m.sample = *s
+	m.pending.Set(float64(s.Pending))
+	m.oldestPendingAge.Set(s.OldestPendingAgeSeconds)
+	m.parked.Set(float64(s.Parked))
+	m.dead.Set(float64(s.Dead))
+	m.holdupAge.Set(s.HoldupAgeSeconds)
+}
+
+// RetentionDeleted counts rows deleted by retention.
+func (m *Metrics) RetentionDeleted(n int) { m.retentionDeleted.Add(float64(n)) }
+
+// The relay.Observer methods.
+
+// Alive records a turn of the relay's loop.
+func (m *Metrics) Alive() { m.lastAlive.Store(time.Now().UnixNano()) }
+
+// Leading records whether this replica leads.
+func (m *Metrics) Leading(l bool) {
+	m.leader.Set(b2f(l))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.leading = l
+	m.lastProgress = time.Now() // a new leader gets a fresh stall clock
+}
+
+// Sent records the size of one publish call.
+func (m *Metrics) Sent(n int) { m.batchSize.Observe(float64(n)) }
+
+// Confirmed records rows confirmed and recorded.
+func (m *Metrics) Confirmed(n int, latency time.Duration) {
+	m.published.Add(float64(n))
+	m.confirmLatency.Observe(latency.Seconds())
+	m.mu.Lock()
+	m.lastProgress = time.Now()
+	m.mu.Unlock()
+}
+
+// Failed counts a failure by reason.
+func (m *Metrics) Failed(reason relay.Failure) { m.failures.WithLabelValues(string(reason)).Inc() }
+
+// Blocked records whether the broker blocks publishers.
+func (m *Metrics) Blocked(b bool) {
+	m.blocked.Set(b2f(b))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.isBlocked = b
+}
+
+var _ relay.Observer = (*Metrics)(nil)
+
+// health is the state the health and readiness checks read.
+type health struct {
+	brokerUp  func() bool
+	lastAlive atomic.Int64 // unix nanoseconds of the loop's last turn
+
+	mu           sync.Mutex
+	sampled      bool // a sample (or a failure to take one) arrived
+	dbUp         bool
+	sample       Sample
+	leading      bool
+	isBlocked    bool
+	lastProgress time.Time
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// promauto creates metrics in the relay's namespace and registers them.
+type promauto struct{ reg *prometheus.Registry }
+
+func (f promauto) counter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f promauto) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f promauto) gauge(name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f promauto) histogram(name, help string, buckets []float64) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets})
+	f.reg.MustRegister(h)
+	return h
+}
