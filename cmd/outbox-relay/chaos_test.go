@@ -72,7 +72,9 @@ func TestChaos(t *testing.T) {
 		time.Sleep(time.Duration(300+rand.N(1200)) * time.Millisecond)
 		kinds := []string{"kill", "freeze", "close", "stop_app", "alarm", "disk_alarm", "terminate", "pg_restart",
 			"cut_db", "cut_broker", "stall_db", "stall_broker"}
-		switch kind := kinds[rand.N(len(kinds))]; kind {
+		kind := kinds[rand.N(len(kinds))]
+		before, at := faults[kind], time.Now()
+		switch kind {
 		case "kill":
 			name := leader()
 			replicas[name].signal(syscall.SIGKILL)
@@ -134,6 +136,9 @@ func TestChaos(t *testing.T) {
 			time.Sleep(d)
 			faults[kind]++
 		}
+		if faults[kind] > before {
+			gaps.fault(kind, at)
+		}
 	}
 
 	time.Sleep(500 * time.Millisecond)
@@ -154,8 +159,8 @@ func TestChaos(t *testing.T) {
 	}
 	sort.Strings(kinds)
 	rep := r.check(t, total*window)
-	t.Logf("chaos for %s: %d faults (%s); %s; longest gap between deliveries %s",
-		*chaosDuration, total, strings.Join(kinds, ", "), rep, gaps.longest().Round(time.Millisecond))
+	t.Logf("chaos for %s: %d faults (%s); %s; longest gap between deliveries %s; longest gap after a fault, by kind: %s",
+		*chaosDuration, total, strings.Join(kinds, ", "), rep, gaps.longest().Round(time.Millisecond), gaps.afterFaults())
 }
 
 // serverLinks are one replica's proxies to the database and the broker, and
@@ -206,25 +211,79 @@ func declare(t *testing.T, amqpURL, queue string) {
 	}
 }
 
-// gapMeter records the longest time between two deliveries.
+// gapMeter records the gaps between deliveries and when faults began, to
+// tell how long delivery stopped after each kind of fault.
 type gapMeter struct {
-	mu   sync.Mutex
-	last time.Time
-	max  time.Duration
+	mu     sync.Mutex
+	last   time.Time
+	max    time.Duration
+	gaps   []span // gaps longer than minGap
+	faults []faultAt
 }
+
+type span struct{ from, to time.Time }
+
+type faultAt struct {
+	kind string
+	at   time.Time
+}
+
+// minGap is the shortest gap worth keeping: the writers commit every few
+// milliseconds.
+const minGap = 100 * time.Millisecond
 
 func (g *gapMeter) tick() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := time.Now()
-	if !g.last.IsZero() && now.Sub(g.last) > g.max {
-		g.max = now.Sub(g.last)
+	if !g.last.IsZero() {
+		d := now.Sub(g.last)
+		g.max = max(g.max, d)
+		if d > minGap {
+			g.gaps = append(g.gaps, span{g.last, now})
+		}
 	}
 	g.last = now
+}
+
+func (g *gapMeter) fault(kind string, at time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.faults = append(g.faults, faultAt{kind, at})
 }
 
 func (g *gapMeter) longest() time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.max
+}
+
+// afterFaults is, per kind of fault, the longest gap that began after a
+// fault of that kind and before the next fault: the gap is charged to the
+// latest fault injected when delivery stopped.
+func (g *gapMeter) afterFaults() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	worst := map[string]time.Duration{}
+	for _, f := range g.faults {
+		worst[f.kind] = max(worst[f.kind], 0)
+	}
+	for _, gp := range g.gaps {
+		var latest *faultAt
+		for i := range g.faults {
+			if g.faults[i].at.After(gp.from) {
+				break
+			}
+			latest = &g.faults[i]
+		}
+		if latest != nil {
+			worst[latest.kind] = max(worst[latest.kind], gp.to.Sub(gp.from))
+		}
+	}
+	var out []string
+	for k, d := range worst {
+		out = append(out, fmt.Sprintf("%s %s", k, d.Round(10*time.Millisecond)))
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
 }
