@@ -9,7 +9,7 @@ PKGS      ?= ./...
 
 export GOFLAGS
 
-.PHONY: build test demo bench chaos vet fmt-check
+.PHONY: build test demo demo-quickstart bench chaos vet fmt-check
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
@@ -17,10 +17,17 @@ build:
 test:
 	scripts/servers.sh run -- $(GO) test $(TESTFLAGS) $(PKGS)
 
-# demo runs the quickstart: servers, schema, relay, a sample service and a
-# consumer with a live count. DEMO_DURATION=30s stops it by itself.
+# demo runs the shop (examples/shop): an orders and an inventory service,
+# each with its own database and relay, a saga between them, and a check
+# that every order agrees everywhere. demo-quickstart runs the smaller
+# quickstart: one service, the relay and a checking consumer.
+# DEMO_DURATION=30s stops either by itself; DEMO_KILL_RELAY=1 also kills and
+# restarts the relays midway.
 demo:
-	scripts/demo.sh
+	scripts/demo.sh shop
+
+demo-quickstart:
+	scripts/demo.sh quickstart
 
 # bench drains a backlog next to a raw amqp091-go publisher, measures
 # commit-to-delivery latency and the writer library; it prints figures and

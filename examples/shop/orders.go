@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/inbox"
+	"github.com/outboxrelay/outboxrelay/outbox"
+)
+
+// ordersService owns the orders database: the tables orders and
+// order_items, an outbox and an inbox. Each command is ONE transaction that
+// changes the tables and writes the events announcing the change, so the
+// events are published if and only if the change commits. The orders relay
+// (an outbox-relay with this database as RELAY_DATABASE_URL) publishes them.
+type ordersService struct {
+	db *pgxpool.Pool
+}
+
+// errRule is matched by the error of a command that a business rule
+// refused. Its transaction was rolled back: its events with it.
+var errRule = errors.New("refused by a business rule")
+
+// Business rules: how many units an order may hold, and must hold to be
+// placed.
+const (
+	maxUnits = 8
+	minUnits = 2
+)
+
+// advanceOrderSQL moves an order from one status to another and counts one
+// more event. Every command runs it as its transaction's FIRST write, so
+// the transaction takes the order's row lock together with its transaction
+// id; that is what makes the relay publish each order's events in commit
+// order (see "Ordering" in the top-level README).
+const advanceOrderSQL = `
+UPDATE orders SET status = $3, reason = $4, version = version + 1, updated_at = now()
+WHERE id = $1 AND status = $2
+RETURNING version`
+
+// CreateOrder opens an empty order.
+func (s *ordersService) CreateOrder(ctx context.Context) (id int64, err error) {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `INSERT INTO orders (status, version) VALUES ('open', 1) RETURNING id`).Scan(&id)
+		if err != nil {
+			return fmt.Errorf("insert order: %w", err)
+		}
+		return writeOrderEvent(ctx, tx, OrderCreated, orderEvent{OrderID: id, Version: 1})
+	})
+	return id, err
+}
+
+// AddItem adds qty units of sku to an open order.
+func (s *ordersService) AddItem(ctx context.Context, id int64, sku string, qty int) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		version, err := advance(ctx, tx, id, statusOpen, statusOpen, "")
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `
+INSERT INTO order_items (order_id, sku, qty) VALUES ($1, $2, $3)
+ON CONFLICT (order_id, sku) DO UPDATE SET qty = order_items.qty + excluded.qty`, id, sku, qty); err != nil {
+			return fmt.Errorf("add item: %w", err)
+		}
+		ev := orderEvent{OrderID: id, Version: version, SKU: sku, Qty: qty}
+		if err := writeOrderEvent(ctx, tx, ItemAdded, ev); err != nil {
+			return err
+		}
+		// The rule is checked last, after the event is written, as real
+		// checks often come late: the rollback must take the event along.
+		if units, err := unitsOf(ctx, tx, id); err != nil {
+			return err
+		} else if units > maxUnits {
+			return fmt.Errorf("%w: order %d would hold %d units, at most %d", errRule, id, units, maxUnits)
+		}
+		return nil
+	})
+}
+
+// Place asks for the order to be confirmed: it writes OrderPlaced with the
+// items, which inventory answers with StockReserved or StockShort.
+func (s *ordersService) Place(ctx context.Context, id int64) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		version, err := advance(ctx, tx, id, statusOpen, statusPlaced, "")
+		if err != nil {
+			return err
+		}
+		rows, _ := tx.Query(ctx, `SELECT sku, qty FROM order_items WHERE order_id = $1 ORDER BY sku`, id)
+		items, err := pgx.CollectRows(rows, pgx.RowToStructByPos[item])
+		if err != nil {
+			return fmt.Errorf("read items: %w", err)
+		}
+		if err := writeOrderEvent(ctx, tx, OrderPlaced, orderEvent{OrderID: id, Version: version, Items: items}); err != nil {
+			return err
+		}
+		units := 0
+		for _, it := range items {
+			units += it.Qty
+		}
+		if units < minUnits {
+			return fmt.Errorf("%w: order %d holds %d units, at least %d to place it", errRule, id, units, minUnits)
+		}
+		return nil
+	})
+}
+
+// Cancel cancels an open order at the customer's request.
+func (s *ordersService) Cancel(ctx context.Context, id int64) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		const reason = "customer"
+		version, err := advance(ctx, tx, id, statusOpen, statusCancelled, reason)
+		if err != nil {
+			return err
+		}
+		return writeOrderEvent(ctx, tx, OrderCancelled, orderEvent{OrderID: id, Version: version, Reason: reason})
+	})
+}
+
+// HandleStockReply is the handler of the orders service's inbox: the second
+// half of the saga. It confirms a placed order whose stock inventory
+// reserved, or cancels it, the compensation, when stock was short. The
+// inbox runs it once per reply, on the transaction that records the reply
+// as processed, so the new event is written exactly once too.
+//
+// The inbox row is this transaction's first write, not the order's lock, so
+// the ordering rule of advanceOrderSQL does not hold here. It need not:
+// nothing else writes a placed order, and OrderPlaced committed before
+// inventory could even reply.
+func (s *ordersService) HandleStockReply(ctx context.Context, tx pgx.Tx, msg inbox.Message) error {
+	var reply stockReply
+	if err := json.Unmarshal(msg.Body, &reply); err != nil {
+		return fmt.Errorf("decode %s: %w", msg.Type, err)
+	}
+	switch msg.Type {
+	case StockReserved:
+		version, err := advance(ctx, tx, reply.OrderID, statusPlaced, statusConfirmed, "")
+		if err != nil {
+			return err
+		}
+		return writeOrderEvent(ctx, tx, OrderConfirmed, orderEvent{OrderID: reply.OrderID, Version: version})
+	case StockShort:
+		var short []string
+		for _, m := range reply.Missing {
+			short = append(short, fmt.Sprintf("%d %s", m.Qty, m.SKU))
+		}
+		reason := "out of stock: " + strings.Join(short, ", ")
+		version, err := advance(ctx, tx, reply.OrderID, statusPlaced, statusCancelled, reason)
+		if err != nil {
+			return err
+		}
+		return writeOrderEvent(ctx, tx, OrderCancelled, orderEvent{OrderID: reply.OrderID, Version: version, Reason: reason})
+	default:
+		return nil // a reply this version does not know: nothing to do
+	}
+}
+
+// advance runs advanceOrderSQL and returns the order's new version, which
+// is the version of the event the caller writes next.
+func advance(ctx context.Context, tx pgx.Tx, id int64, from, to, reason string) (int, error) {
+	var version int
+	err := tx.QueryRow(ctx, advanceOrderSQL, id, from, to, reason).Scan(&version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("order %d is not %s", id, from)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("update order %d: %w", id, err)
+	}
+	return version, nil
+}
+
+func unitsOf(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
+	var units int
+	err := tx.QueryRow(ctx, `SELECT coalesce(sum(qty), 0) FROM order_items WHERE order_id = $1`, id).Scan(&units)
+	if err != nil {
+		return 0, fmt.Errorf("count units of order %d: %w", id, err)
+	}
+	return units, nil
+}
+
+// writeOrderEvent writes an order event to the outbox on tx. Its exchange
+// is left empty: the orders relay sends it to its RELAY_EXCHANGE.
+func writeOrderEvent(ctx context.Context, tx pgx.Tx, eventType string, ev orderEvent) error {
+	payload, err := outbox.JSON(ev)
+	if err != nil {
+		return err
+	}
+	return outbox.Write(ctx, tx, outbox.Event{
+		AggregateType: "order",
+		AggregateID:   strconv.FormatInt(ev.OrderID, 10),
+		EventType:     eventType,
+		RoutingKey:    routingKeys[eventType],
+		Payload:       payload,
+	})
+}
