@@ -57,6 +57,12 @@ type Config struct {
 	// meanwhile; return 0 to requeue at once.
 	Backoff func(attempt int) time.Duration
 
+	// OnDuplicate, if set, is called with the message id of each delivery
+	// that was acked without running the handler because the inbox already
+	// holds it: a duplicate absorbed. It runs on the goroutine that called
+	// Handle, after the ack; keep it fast (count it, log it).
+	OnDuplicate func(messageID string)
+
 	// Logger receives what [Inbox.Consume] has to report: messages that
 	// were rejected, requeued after a failed attempt, or could not be
 	// handled because the database failed. Nil means slog.Default().

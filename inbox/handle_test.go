@@ -21,7 +21,8 @@ func TestDuplicateRunsEffectOnce(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	rec := &recorder{}
-	in := b.newInbox(t, rec.handle, Config{})
+	var absorbed []string
+	in := b.newInbox(t, rec.handle, Config{OnDuplicate: func(id string) { absorbed = append(absorbed, id) }})
 	id := newID()
 	for range 2 {
 		b.publish(t, amqp.Publishing{MessageId: id, Body: []byte("paid")})
@@ -42,6 +43,9 @@ func TestDuplicateRunsEffectOnce(t *testing.T) {
 	}
 	if n := b.effects(t, id); n != 1 {
 		t.Errorf("effect applied %d times, want 1", n)
+	}
+	if len(absorbed) != 1 || absorbed[0] != id {
+		t.Errorf("OnDuplicate told of %v, want the second copy of %s", absorbed, id)
 	}
 	if processed, attempts := b.inboxRows(t, id); processed != 1 || attempts != 0 {
 		t.Errorf("inbox rows %d, attempts rows %d; want 1, 0", processed, attempts)

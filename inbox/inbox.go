@@ -113,7 +113,7 @@ func (in *Inbox) Handle(ctx context.Context, d amqp.Delivery) error {
 			return requeue(&d, err)
 		}
 		if processed {
-			return ack(&d)
+			return in.duplicate(&d)
 		}
 		counted, attempt = true, n
 	}
@@ -131,7 +131,7 @@ func (in *Inbox) Handle(ctx context.Context, d amqp.Delivery) error {
 	}
 	if !claimed {
 		_ = tx.Rollback(ctx)
-		return ack(&d)
+		return in.duplicate(&d)
 	}
 	attempt = recorded
 	if !counted {
@@ -152,6 +152,17 @@ func (in *Inbox) Handle(ctx context.Context, d amqp.Delivery) error {
 		in.afterCommit()
 	}
 	return ack(&d)
+}
+
+// duplicate acks a delivery the inbox already holds and reports it.
+func (in *Inbox) duplicate(d *amqp.Delivery) error {
+	if err := ack(d); err != nil {
+		return err
+	}
+	if in.cfg.OnDuplicate != nil {
+		in.cfg.OnDuplicate(d.MessageId)
+	}
+	return nil
 }
 
 // attempt runs the handler on tx and commits. It returns a plain error for
