@@ -17,7 +17,7 @@ import "fmt"
 //
 // WITH ORDINALITY and ORDER BY make the row ids, and so the relay's order
 // within one transaction, follow the order of the events passed to Write.
-// No index is read; the insert maintains outbox_txid_id_idx and the
+// No index is read; the insert maintains outbox_pkey (txid, id) and the
 // event_id unique index.
 func insertSQL(table string) string {
 	return fmt.Sprintf(`INSERT INTO %s

@@ -122,8 +122,8 @@ func badText(s string, max int) string {
 // headerValue returns v as a string, bool, int64, uint64, float32 or float64, the
 // values a flat JSON object of AMQP headers can hold. Named types are
 // converted to their kind, so that a MarshalJSON method on them cannot
-// produce an object or array that the table's outbox_headers_flat
-// constraint would refuse.
+// produce an object or array, which the relay would refuse to publish
+// (parking the row as dead).
 func headerValue(v any) (any, error) {
 	if v == nil {
 		return nil, errors.New("nil value: header values must be strings, numbers or booleans")

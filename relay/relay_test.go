@@ -659,3 +659,30 @@ func TestIdleLeaderConnectsToTheBroker(t *testing.T) {
 		}
 	}
 }
+
+// TestNestedHeadersAreParked: the schema checks only that headers are an
+// object; a row whose header values cannot become AMQP headers is parked
+// and dies with the mapping error, and the others flow.
+func TestNestedHeadersAreParked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if _, err := b.pool.Exec(context.Background(), `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, headers)
+VALUES ('agg', 'nested0', 'Nested', 'events', '{}', '{"o": {"a": 1}}')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(context.Background(), `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, headers)
+VALUES ('agg', 'x', 'E', 'events', '{}', '"not an object"')`); err == nil {
+		t.Fatal("headers that are not an object were accepted at insert")
+	}
+	b.write(t, "other", 5, 1)
+	stop := run(t, parkFast, b.store, b.broker)
+	defer stop()
+	if seen := b.delivered(t, 5); len(seen) != 5 {
+		t.Fatalf("%d delivered, want the 5 of the other aggregate", len(seen))
+	}
+	if dead := waitDead(t, b, 1); !strings.Contains(dead[0].Reason, `header "o" is a JSON object`) {
+		t.Fatalf("reason %q, want the mapping error", dead[0].Reason)
+	}
+}

@@ -15,7 +15,7 @@ import (
 
 // Retention keeps the outbox small: published rows older than the retention
 // are deleted by the replica that holds the lease, a bounded batch per short
-// transaction, walking outbox_txid_id_idx from the oldest row. Rows after
+// transaction, walking outbox_pkey (txid, id) from the oldest row. Rows after
 // the recorded position (pending) and parked rows (waiting for a retry, or
 // dead) are never deleted: they have not been published. What was deleted
 // is recorded in the position row (pruned_until, pruned_id), so a replay can

@@ -291,11 +291,9 @@ CREATE TABLE outbox (
     headers        jsonb       NOT NULL DEFAULT '{}',
     created_at     timestamptz NOT NULL DEFAULT now(),
     txid           xid8        NOT NULL DEFAULT pg_current_xact_id(),
-    CONSTRAINT outbox_pkey PRIMARY KEY (id, created_at),
+    CONSTRAINT outbox_pkey PRIMARY KEY (txid, id, created_at),
     CONSTRAINT outbox_event_id_key UNIQUE (event_id, created_at),
-    CONSTRAINT outbox_headers_flat CHECK (
-        jsonb_typeof(headers) = 'object'
-        AND NOT jsonb_path_exists(headers, '$.* ? (@.type() == "object" || @.type() == "array" || @.type() == "null")'))
+    CONSTRAINT outbox_headers_object CHECK (jsonb_typeof(headers) = 'object')
 ) PARTITION BY RANGE (created_at);
 CREATE TABLE outbox_old PARTITION OF outbox FOR VALUES FROM (MINVALUE) TO (now() - interval '1 hour');
 CREATE TABLE outbox_new PARTITION OF outbox FOR VALUES FROM (now() - interval '1 hour') TO (MAXVALUE);`

@@ -5,8 +5,9 @@ import "fmt"
 // queries holds the adapter's SQL for one outbox table. Transaction ids
 // travel as text and are cast to xid8, so no driver codec for xid8 is needed.
 type queries struct {
-	// read relies on outbox_txid_id_idx (txid, id): both conditions are
-	// index conditions of one range scan, already in ORDER BY order. The
+	// read relies on outbox_pkey (txid, id), or outbox_txid_id_idx in an
+	// outbox made by an earlier version: both conditions are index
+	// conditions of one range scan, already in ORDER BY order. The
 	// text form of txid is selected under another name: ORDER BY txid
 	// would otherwise sort by that output column, as text.
 	read string
@@ -32,17 +33,17 @@ type queries struct {
 	release string
 	// horizon returns the next transaction id to be assigned and the
 	// newest txid in the table (one index-only probe of
-	// outbox_txid_id_idx; max(xid8) needs PostgreSQL 15), to detect a
+	// outbox_pkey (txid, id); max(xid8) needs PostgreSQL 15), to detect a
 	// restored database.
 	horizon string
-	// status counts pending rows (range scan of outbox_txid_id_idx).
+	// status counts pending rows (range scan of outbox_pkey (txid, id)).
 	status string
 	// Parked rows (outbox_relay_parked; the order index serves the heads).
 	parkedAggs, park, dueHeads, unpark, remaining, failed string
 	// Dead rows, for the dead command and status.
 	deadCount, deadList, deadRetry, deadDrop string
 	// heldBack tells whether committed rows after the position wait for
-	// an older transaction to end (one range probe of outbox_txid_id_idx).
+	// an older transaction to end (one range probe of outbox_pkey (txid, id)).
 	heldBack string
 	// blocker finds the oldest running or prepared transaction that
 	// holds an xid: it holds back the snapshot xmin, and so publishing.
@@ -112,10 +113,10 @@ ON CONFLICT (outbox_table, id) DO NOTHING`, parked),
 		dueHeads: fmt.Sprintf(`
 SELECT h.id, h.attempts, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
        o.exchange, o.routing_key, o.payload, o.content_type, o.headers::text, o.created_at
-  FROM (SELECT DISTINCT ON (aggregate_type, aggregate_id) id, attempts, dead, next_attempt_at
+  FROM (SELECT DISTINCT ON (aggregate_type, aggregate_id) txid, id, attempts, dead, next_attempt_at
           FROM %s WHERE outbox_table = $1
          ORDER BY aggregate_type, aggregate_id, txid, id) h
-  JOIN %s o ON o.id = h.id
+  JOIN %s o ON o.txid = h.txid AND o.id = h.id
  WHERE NOT h.dead AND h.next_attempt_at <= now()
  LIMIT $2`, parked, outbox),
 		unpark: fmt.Sprintf(`
@@ -134,7 +135,7 @@ SELECT p.id, p.aggregate_type, p.aggregate_id, p.attempts, coalesce(p.last_error
        extract(epoch FROM now() - p.parked_at)::float8, coalesce(o.event_type, ''), coalesce(o.routing_key, ''),
        (SELECT count(*) FROM %s w WHERE w.outbox_table = p.outbox_table AND w.aggregate_type = p.aggregate_type
            AND w.aggregate_id = p.aggregate_id AND NOT w.dead)
-  FROM %s p LEFT JOIN %s o ON o.id = p.id
+  FROM %s p LEFT JOIN %s o ON o.txid = p.txid AND o.id = p.id
  WHERE p.outbox_table = $1 AND p.dead
  ORDER BY p.txid, p.id`, parked, parked, outbox),
 		deadRetry: fmt.Sprintf(`
@@ -172,9 +173,9 @@ type retentionQueries struct {
 	// lease, or the batch is empty. The batch is the next $6 rows after
 	// the cursor ($4, $5) and at or before the recorded position: both
 	// bounds are index conditions of one range scan of
-	// outbox_txid_id_idx (the position comes in as scalar subqueries so
+	// outbox_pkey (txid, id) (the position comes in as scalar subqueries so
 	// the planner can use it as a bound, not a join filter). Of those, rows
-	// older than $7 ms and not parked are deleted through outbox_pkey;
+	// older than $7 ms and not parked are deleted by their (txid, id);
 	// the newest created_at and the highest id deleted are recorded in
 	// the same statement. It returns how many rows it deleted and looked
 	// at, and the last row looked at (the next cursor) and whether it was
@@ -185,12 +186,12 @@ type retentionQueries struct {
 	replayBounds string
 	// replayRows reads the next $13 published rows of a selection after the
 	// cursor ($9, $10) and at or before the position ($11, $12), in
-	// publishing order: one range scan of outbox_txid_id_idx, the
+	// publishing order: one range scan of outbox_pkey (txid, id), the
 	// selection applied as a filter, parked rows skipped (their primary
 	// key).
 	replayRows string
 	// replayCounts counts the rows of a selection after the position
-	// ($9, $10; a range scan of outbox_txid_id_idx), and its parked rows
+	// ($9, $10; a range scan of outbox_pkey (txid, id)), and its parked rows
 	// and the dead ones among them (outbox_relay_parked_pkey, then
 	// outbox_pkey).
 	replayCounts string
@@ -222,10 +223,10 @@ WITH lease AS MATERIALIZED (
    LIMIT $6
 ), gone AS (
   DELETE FROM %[1]s o
-   WHERE o.id = ANY (ARRAY(
-           SELECT b.id FROM batch b
+   WHERE (o.txid, o.id) IN (
+           SELECT b.txid, b.id FROM batch b
             WHERE b.created_at < now() - $7 * interval '1 millisecond'
-              AND NOT EXISTS (SELECT 1 FROM %[3]s k WHERE k.outbox_table = $1 AND k.id = b.id)))
+              AND NOT EXISTS (SELECT 1 FROM %[3]s k WHERE k.outbox_table = $1 AND k.id = b.id))
   RETURNING o.id, o.created_at
 ), mark AS (
   UPDATE %[2]s SET pruned_until = greatest(pruned_until, g.until), pruned_id = greatest(pruned_id, g.max_id)
@@ -252,7 +253,7 @@ SELECT (SELECT count(*) FROM %[1]s o
          WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
            AND %[3]s),
        count(*), count(*) FILTER (WHERE k.dead)
-  FROM %[2]s k JOIN %[1]s o ON o.id = k.id
+  FROM %[2]s k JOIN %[1]s o ON o.txid = k.txid AND o.id = k.id
  WHERE k.outbox_table = $1
    AND %[3]s`, outbox, parked, replaySelection),
 	}
