@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -55,6 +56,14 @@ type pipeline struct {
 	// window to drain (retryWanted), so no held row is still unrecorded.
 	retry       *time.Timer
 	retryWanted bool
+	// writing is the position write in progress, answered on written;
+	// queued is the next, merged from every record that came meanwhile.
+	// Writing in the background keeps the database's commit off the
+	// publishing path: the window refills while the position is written.
+	writing  *posWrite
+	written  chan error
+	queued   *posWrite
+	writeCtx context.Context // outlives a stop: confirmed rows are worth recording
 }
 
 // step does one unit of work: read and publish one batch, record the
@@ -63,10 +72,10 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	p.progressed = false
 	p.r.cfg.Observer.Alive()
 	stopping := ctx.Err() != nil
-	if stopping && len(p.flights) == 0 {
+	if stopping && len(p.flights) == 0 && p.writing == nil {
 		return errStopped
 	}
-	if !stopping && p.retryWanted && len(p.flights) == 0 {
+	if !stopping && p.retryWanted && len(p.flights) == 0 && p.writing == nil {
 		p.retryWanted = false
 		p.retry.Reset(retryEvery)
 		if time.Now().After(p.deadline) {
@@ -118,9 +127,15 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	select {
 	case <-p.renew.C:
 		return p.renewLease(finish)
+	case err := <-p.written:
+		return p.wrote(err)
 	case <-done:
 		return p.record(finish)
 	case <-finish.Done():
+		if len(p.flights) == 0 {
+			p.settle() // out of time, but the write is nearly done
+			return nil
+		}
 		return p.record(finish) // reports the shutdown timeout
 	case <-retry:
 		p.retryWanted = true
@@ -277,34 +292,91 @@ func (p *pipeline) record(finish context.Context) error {
 		}
 	}
 	if recorded > 0 {
-		rctx := finish
-		if finish.Err() != nil {
-			// Out of time, but what was confirmed is worth recording:
-			// it saves duplicates at the next start.
-			var cancel context.CancelFunc
-			rctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-		}
-		var err error
-		if len(park) > 0 {
-			err = p.r.store.RecordParked(rctx, pos, park)
-		} else {
-			err = p.r.store.Record(rctx, pos)
-		}
-		if err != nil {
-			return errorf(finish, "record position %s: %w", pos, errors.Join(storeError{err}, failure))
-		}
-		p.r.pos = pos
-		for _, c := range confirmed {
-			p.r.cfg.Observer.Confirmed(c.rows, c.latency)
-		}
-		p.progressed = true
-		p.r.log.Debug("recorded", "position", pos.String(), "rows", recorded, "parked", len(park))
-		if h := p.r.cfg.Hooks.Recorded; h != nil {
-			h(pos, recorded)
-		}
+		p.enqueue(posWrite{pos: pos, rows: recorded, park: park, confirmed: confirmed})
 	}
 	return failure
+}
+
+// posWrite is a position to record, the rows it parks in the same
+// transaction, and what to report once it is written.
+type posWrite struct {
+	pos       Position
+	rows      int
+	park      []Parked
+	confirmed []flightDone
+}
+
+// writeTimeout bounds one position write.
+const writeTimeout = 10 * time.Second
+
+// enqueue writes w in the background, or queues it behind the write in
+// progress, merged with what is queued already: only the newest position
+// needs writing, with every row parked on the way.
+func (p *pipeline) enqueue(w posWrite) {
+	switch {
+	case p.writing == nil:
+		p.startWrite(w)
+	case p.queued == nil:
+		p.queued = &w
+	default:
+		q := p.queued
+		q.pos = w.pos
+		q.rows += w.rows
+		q.park = append(q.park, w.park...)
+		q.confirmed = append(q.confirmed, w.confirmed...)
+	}
+}
+
+func (p *pipeline) startWrite(w posWrite) {
+	p.writing = &w
+	done := make(chan error, 1)
+	p.written = done
+	ctx := p.writeCtx
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		defer cancel()
+		if len(w.park) > 0 {
+			done <- p.r.store.RecordParked(ctx, w.pos, w.park)
+		} else {
+			done <- p.r.store.Record(ctx, w.pos)
+		}
+	}()
+}
+
+// wrote ends the write in progress with its result and starts the queued
+// one. After a failure the queued write is dropped: its rows are published
+// again from the recorded position.
+func (p *pipeline) wrote(err error) error {
+	w := p.writing
+	p.writing, p.written = nil, nil
+	if err != nil {
+		p.queued = nil
+		return fmt.Errorf("record position %s: %w", w.pos, storeError{err})
+	}
+	p.r.pos = w.pos
+	p.progressed = true
+	for _, c := range w.confirmed {
+		p.r.cfg.Observer.Confirmed(c.rows, c.latency)
+	}
+	p.r.log.Debug("recorded", "position", w.pos.String(), "rows", w.rows, "parked", len(w.park))
+	if h := p.r.cfg.Hooks.Recorded; h != nil {
+		h(w.pos, w.rows)
+	}
+	if q := p.queued; q != nil {
+		p.queued = nil
+		p.startWrite(*q)
+	}
+	return nil
+}
+
+// settle waits for the position writes in progress and queued, so that
+// the recorded position is final.
+func (p *pipeline) settle() {
+	for p.writing != nil {
+		if err := p.wrote(<-p.written); err != nil {
+			p.r.log.Debug("position write failed; its rows will be published again", "err", err)
+		}
+	}
 }
 
 // renewLease extends the lease and moves the deadline; the timer is armed
@@ -338,6 +410,7 @@ type flightDone struct {
 // from the recorded position, on a fresh channel. Rows held in discarded
 // flights were not parked; they are read again.
 func (p *pipeline) reset() {
+	p.settle()
 	p.r.pub.Reset()
 	p.flights, p.inFlight = nil, 0
 	p.cursor = p.r.pos

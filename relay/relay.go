@@ -181,7 +181,8 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 	defer r.cfg.Observer.Leading(false)
 
 	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll, deadline: deadline,
-		renew: time.NewTimer(r.cfg.renewEvery()), retry: time.NewTimer(0), parked: map[Aggregate]bool{}}
+		renew: time.NewTimer(r.cfg.renewEvery()), retry: time.NewTimer(0), parked: map[Aggregate]bool{},
+		writeCtx: context.WithoutCancel(ctx)}
 	defer p.renew.Stop()
 	defer p.retry.Stop()
 	for _, a := range parked {
@@ -197,6 +198,7 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 			r.log.Info("stopped", "position", r.pos.String())
 			return nil
 		case errors.Is(err, ErrShutdownTimeout):
+			p.settle() // what was confirmed is worth recording
 			return err
 		case errors.Is(err, ErrLeaseLost):
 			p.reset()
