@@ -29,12 +29,17 @@ demo:
 demo-quickstart:
 	scripts/demo.sh quickstart
 
-# bench drains a backlog next to a raw amqp091-go publisher, measures
-# commit-to-delivery latency and the writer library; it prints figures and
-# asserts nothing about time.
+# bench runs the benchmark suite (bench/): drains next to a raw amqp091-go
+# publisher on classic and quorum queues, reads, latency, the writers' cost,
+# the relay binary's memory and the writer library, in one run, and prints a
+# markdown table of figures and ratios, also written to BENCH_OUT. It
+# asserts nothing about time; it fails only on wrong results. No -race: the
+# race detector distorts speed. BENCH_LONG=1 runs the long version.
+BENCH_OUT  ?= $(CURDIR)/bench-results.md
+BENCH_LONG ?=
 bench:
-	scripts/servers.sh run -- sh -c '$(GO) test -run "^$$" -bench . -benchtime 1x -timeout 30m ./relay/ && \
-		$(GO) test -run "^$$" -bench . -benchtime 2s ./outbox/'
+	scripts/servers.sh run -- $(GO) test -count=1 -timeout 60m -run '^TestSuite$$' -v ./bench/ \
+		-args -bench.suite -bench.out=$(BENCH_OUT) $(if $(filter 1,$(BENCH_LONG)),-bench.long)
 
 
 # chaos runs the chaos test for CHAOS_DURATION with CHAOS_REPLICAS relays

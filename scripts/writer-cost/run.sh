@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Writer-side cost of the relay: what the outbox schema (txid xid8 default,
-# (txid, id) index, headers CHECK), the optional NOTIFY wake-up trigger and a
+# keyed by (txid, id), headers CHECK), the optional NOTIFY wake-up trigger and a
 # 1 ms poller cost the transactions that write to the outbox.
 #
-# Usage: scripts/writer-cost/run.sh [DURATION_S [ROUNDS [PORT]]]   (default 20 3 54329)
+# Usage: scripts/writer-cost/run.sh [DURATION_S [ROUNDS [PORT]]]   (default 20 3 54329;
+# DURATION and ROUNDS may also come from the environment, as make bench passes them)
 #
 # Starts a throwaway PostgreSQL (initdb in a temp dir, Unix socket only, stock
 # durability: fsync=on, synchronous_commit=on), runs every variant once per
@@ -11,12 +12,12 @@
 # DURATION, then prints a markdown table of median writer tps per variant.
 # The server, the LISTEN session and the temp dir are removed on exit.
 #
-# Environment: PGBIN (default /usr/lib/postgresql/15/bin), CLIENTS (16),
-# JOBS (2), VARIANTS (space-separated subset of the names below).
+# Environment: PGBIN (default: the newest /usr/lib/postgresql/*/bin), CLIENTS
+# (16), JOBS (2), VARIANTS (space-separated subset of the names below).
 #
 # Variants (each transaction: upsert one `orders` row + insert outbox row(s)
 # with a 256-byte payload, then COMMIT):
-#   A           outbox_plain: no txid column, no (txid,id) index, no CHECK
+#   A           outbox_plain: keyed by id, no txid column, no CHECK
 #   B           schema.sql's outbox as is, no trigger
 #   C           B + statement-level outbox_notify trigger (one NOTIFY per transaction)
 #   D           B + row-level trigger notifying the new id (one NOTIFY per row, never folded)
@@ -29,12 +30,13 @@
 # consumes notifications every 50 ms, so the notification queue never fills.
 set -euo pipefail
 
-DURATION=${1:-20}
-ROUNDS=${2:-3}
+DURATION=${1:-${DURATION:-20}}
+ROUNDS=${2:-${ROUNDS:-3}}
 PORT=${3:-54329}
 CLIENTS=${CLIENTS:-16}
 JOBS=${JOBS:-2}
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+[ -x "$PGBIN/pgbench" ] || { echo "writer-cost: pgbench not found; set PGBIN" >&2; exit 1; }
 VARIANTS=${VARIANTS:-"A B C D A10 B10 C10 D10 B+poll B+pollfixed"}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

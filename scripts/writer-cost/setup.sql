@@ -1,5 +1,5 @@
 -- Benchmark-only objects, applied after the repository's schema.sql.
--- (The outbox table, its index, CHECK and outbox_notify() come from schema.sql.)
+-- (The outbox table, its key, CHECK and outbox_notify() come from schema.sql.)
 
 -- The business table each writer transaction changes (one upsert per transaction).
 CREATE TABLE orders (
@@ -10,8 +10,8 @@ CREATE TABLE orders (
 );
 
 -- Variant A's outbox: schema.sql's outbox minus everything the relay adds:
--- no txid xid8 column (so no pg_current_xact_id() default), no (txid, id)
--- index, no outbox_headers_flat CHECK, no trigger.
+-- keyed by id instead of (txid, id), no txid xid8 column (so no
+-- pg_current_xact_id() default), no headers CHECK, no trigger.
 CREATE TABLE outbox_plain (
     id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id       uuid        NOT NULL DEFAULT gen_random_uuid() UNIQUE,

@@ -1,0 +1,250 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+)
+
+// queueName is the queue every measurement publishes to, through the
+// default exchange; each rig has a virtual host of its own.
+const queueName = "events"
+
+// Queue types a rig can declare.
+const (
+	classic = "classic"
+	quorum  = "quorum"
+)
+
+// rig is one run's database (with the outbox schema), virtual host and
+// durable queue. Both are removed when the (sub)test that made it ends.
+// A rig made with queue type "" has the database only.
+type rig struct {
+	dbURL string
+	pool  *pgxpool.Pool
+	vhost *testenv.Broker
+}
+
+func newRig(t *testing.T, queueType string) *rig {
+	t.Helper()
+	r := &rig{dbURL: testenv.Database(t)}
+	pool, err := pgxpool.New(context.Background(), r.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	r.pool = pool
+	if queueType == "" {
+		return r
+	}
+	r.vhost = testenv.NewBroker(t)
+	conn := r.vhost.Dial(t)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queueName, true, false, false, false, amqp.Table{"x-queue-type": queueType}); err != nil {
+		t.Fatalf("declare %s queue: %v", queueType, err)
+	}
+	return r
+}
+
+// payload is the 256-byte body of every message.
+var payload = []byte(`{"order_id":1,"status":"placed","note":"` + strings.Repeat("x", 256-42) + `"}`)
+
+// fill commits n rows, 1000 per transaction, spread over 1000 aggregates,
+// with 256-byte payloads and one header, then vacuums and analyzes the
+// table so every run reads the same shape of table.
+func (r *rig) fill(t *testing.T, n int) {
+	t.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	for done := 0; done < n; done += 1000 {
+		if _, err := r.pool.Exec(ctx, `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, headers)
+SELECT 'order', (g % 1000)::text, 'OrderPlaced', $3, $4, '{"tenant":"acme"}'
+  FROM generate_series($1::int, $2::int - 1) g`, done, min(done+1000, n), queueName, payload); err != nil {
+			t.Fatalf("fill outbox: %v", err)
+		}
+		if n >= 500_000 && (done+1000)%200_000 == 0 {
+			progress("   filled %d of %d rows", done+1000, n)
+		}
+	}
+	if _, err := r.pool.Exec(ctx, `VACUUM ANALYZE outbox`); err != nil {
+		t.Fatal(err)
+	}
+	if n >= 500_000 {
+		progress("   filled %d rows in %s", n, time.Since(start).Round(time.Second))
+	}
+}
+
+// checkCount fails unless the queue holds exactly want messages.
+func (r *rig) checkCount(t *testing.T, want int) {
+	t.Helper()
+	conn := r.vhost.Dial(t)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclarePassive(queueName, true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("inspect queue: %v", err)
+	}
+	if q.Messages != want {
+		t.Fatalf("queue holds %d messages, want %d", q.Messages, want)
+	}
+}
+
+// checkDelivered fails unless the queue holds exactly want messages with
+// distinct message ids, each aggregate's in ascending outbox_id order (the
+// order of the rows, which were written in id order). It empties the
+// queue.
+func (r *rig) checkDelivered(t *testing.T, want int) {
+	t.Helper()
+	r.checkCount(t, want)
+	c := r.consume(t, want)
+	select {
+	case <-c.all:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("consumed %d of %d messages in 2 minutes", c.count(), want)
+	}
+	c.check(t)
+}
+
+// consumer takes messages off the queue as they come, counting distinct
+// ones, duplicates, and messages that arrive before a message of their
+// aggregate with a higher outbox_id. Messages are told apart by their
+// outbox_id header, which numbers the rows (and the raw publisher's
+// messages) from 1: a slice indexed by it is cheaper than a map of message
+// ids, which would load the test process when it takes a million messages.
+type consumer struct {
+	all chan struct{} // closed once want distinct messages arrived
+
+	mu                   sync.Mutex
+	seen                 []bool           // by outbox_id
+	last                 map[string]int64 // highest outbox_id per aggregate
+	distinct             int
+	dups, reorder, alien int
+	// tenths[k] is when the k×want/10-th distinct message arrived
+	// (tenths[0]: the first).
+	tenths [11]time.Time
+}
+
+// consume starts a consumer on the queue; it stops when the test ends.
+func (r *rig) consume(t *testing.T, want int) *consumer {
+	t.Helper()
+	conn := r.vhost.Dial(t)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Qos(2000, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(queueName, "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &consumer{all: make(chan struct{}), seen: make([]bool, want+1), last: map[string]int64{}}
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(func() { _ = conn.Close() }) // ends deliveries; runs before wg.Wait
+	wg.Go(func() {
+		for d := range deliveries {
+			if c.take(d) {
+				close(c.all)
+			}
+			if d.DeliveryTag%1000 == 0 {
+				_ = d.Ack(true)
+			}
+		}
+	})
+	return c
+}
+
+// take records one delivery and reports whether it was the last distinct
+// message wanted.
+func (c *consumer) take(d amqp.Delivery) bool {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	agg, _ := d.Headers["aggregate_id"].(string)
+	id, _ := d.Headers["outbox_id"].(int64)
+	switch {
+	case id < 1 || id >= int64(len(c.seen)):
+		c.alien++
+		return false
+	case c.seen[id]:
+		c.dups++
+		return false
+	}
+	c.seen[id] = true
+	c.distinct++
+	if id <= c.last[agg] {
+		c.reorder++
+	}
+	c.last[agg] = max(c.last[agg], id)
+	want := len(c.seen) - 1
+	if c.distinct == 1 {
+		c.tenths[0] = now
+	}
+	if c.distinct%max(1, want/10) == 0 && c.distinct/max(1, want/10) <= 10 {
+		c.tenths[c.distinct/max(1, want/10)] = now
+	}
+	return c.distinct == want
+}
+
+// rate returns messages per second between the from-th and to-th tenth of
+// the wanted messages (0 is the first message).
+func (c *consumer) rate(from, to int) float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	want := len(c.seen) - 1
+	n := (to - from) * want / 10
+	if from == 0 {
+		n-- // from the first message, not from none
+	}
+	return float64(n) / c.tenths[to].Sub(c.tenths[from]).Seconds()
+}
+
+func (c *consumer) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.distinct
+}
+
+// check fails the test on duplicates or on messages out of order within
+// their aggregate.
+func (c *consumer) check(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dups > 0 || c.reorder > 0 || c.alien > 0 {
+		t.Fatalf("of %d messages: %d duplicates, %d out of order within their aggregate, %d with an unexpected outbox_id",
+			c.distinct, c.dups, c.reorder, c.alien)
+	}
+}
+
+// jsonField decodes one field of a JSON object.
+func jsonField(b []byte, field string) (json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(b, &obj); err != nil {
+		return nil, err
+	}
+	v, ok := obj[field]
+	if !ok {
+		return nil, fmt.Errorf("no field %q in %s", field, b)
+	}
+	return v, nil
+}
