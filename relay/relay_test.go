@@ -104,6 +104,14 @@ type event struct {
 // then checks order per aggregate and returns deliveries per message id.
 func (b *bundle) delivered(t *testing.T, want int) map[string]int {
 	t.Helper()
+	return b.deliveredOf(t, want, "")
+}
+
+// deliveredOf is delivered for the messages of aggregate agg only ("" for
+// all): late duplicates of other aggregates, from an earlier phase of a
+// test, are skipped.
+func (b *bundle) deliveredOf(t *testing.T, want int, agg string) map[string]int {
+	t.Helper()
 	conn := b.amqp.Dial(t)
 	defer conn.Close() // a consumer left behind would take later messages
 	ch, err := conn.Channel()
@@ -127,6 +135,9 @@ func (b *bundle) delivered(t *testing.T, want int) map[string]int {
 		var e event
 		if err := json.Unmarshal(d.Body, &e); err != nil {
 			t.Fatal(err)
+		}
+		if agg != "" && e.Agg != agg {
+			continue
 		}
 		if seen[d.MessageId] == 0 { // first deliveries must be in order
 			if e.Seq != next[e.Agg] {
@@ -513,7 +524,9 @@ VALUES ('agg', 'held0', 'Lonely', 'amq.direct', 'nobody.listens', '{}')`); err !
 	}
 	b.getOne(t, queue) // the retried row
 	// The three rows behind it, in order (delivered checks the order).
-	b.delivered(t, 3)
+	// Late duplicates of the other aggregates, republished after the
+	// first failure, may still be queued: they are not this check's.
+	b.deliveredOf(t, 3, "held0")
 	waitDead(t, b, 0)
 }
 
