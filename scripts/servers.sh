@@ -37,13 +37,20 @@ as_user() {
 }
 
 # free_port prints a TCP port on 127.0.0.1 that nothing listens on and that
-# this script has not handed out yet. Another process may still take it
-# before the server binds it; the servers then fail to start, loudly.
+# this script has not handed out yet, below the kernel's range of ephemeral
+# ports: a port in that range can be held by any outgoing connection, and
+# the server's bind then fails with EADDRINUSE. Another process may still
+# take it before the server binds it; the servers then fail to start,
+# loudly.
 used_ports=" "
 free_port() {
-	local port i
+	local port i low=32768
+	if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+		read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+	fi
+	[ "$low" -gt 11000 ] || low=32768
 	for i in $(seq 100); do
-		port=$((20000 + RANDOM % 30000))
+		port=$((10000 + RANDOM % (low - 10000)))
 		case $used_ports in *" $port "*) continue ;; esac
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 			used_ports="$used_ports$port "

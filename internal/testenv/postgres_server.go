@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -328,8 +329,27 @@ func isExecutable(path string) bool {
 // freePort returns a TCP port on 127.0.0.1 that nothing listened on a moment
 // ago. Another process may take it before the server binds it; the server
 // then fails to start, with "could not bind" in its log.
+//
+// It picks ports below the kernel's ephemeral range (32768 and up by
+// default): a port there can be taken by any outgoing connection between
+// this check and the server's bind, which then fails with EADDRINUSE.
 func freePort(t testing.TB) int {
 	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				low = n
+			}
+		}
+	}
+	for range 100 {
+		port := 10000 + rand.N(low-10000)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			l.Close()
+			return port
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("testenv: find a free port: %v", err)
