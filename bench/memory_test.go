@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
 // rssGoal is measurement 8's goal for the relay's peak resident memory.
@@ -53,13 +55,12 @@ func measureMemory(t *testing.T, s *suite) {
 
 func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
 
-// buildRelay builds cmd/outbox-relay into a temporary directory.
+// buildRelay builds cmd/outbox-relay into a temporary directory, without
+// the race detector, which would distort the figures.
 func buildRelay(t *testing.T) string {
-	bin := filepath.Join(t.TempDir(), "outbox-relay")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/outbox-relay")
-	cmd.Dir = ".." // the module root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/outbox-relay: %v\n%s", err, out)
+	bin, err := testenv.BuildRelay(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }
