@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -64,14 +63,11 @@ func sampleOutbox(ctx context.Context, store *postgres.Store, m *metrics.Metrics
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		s, err := readSample(ctx, store, interval)
+		s := readSample(ctx, store, interval)
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
-			s = nil
-		}
-		m.Observe(s)
+		m.Observe(s) // nil when the database could not be read
 		select {
 		case <-ctx.Done():
 			return
@@ -80,21 +76,22 @@ func sampleOutbox(ctx context.Context, store *postgres.Store, m *metrics.Metrics
 	}
 }
 
-func readSample(ctx context.Context, store *postgres.Store, timeout time.Duration) (*metrics.Sample, error) {
+// readSample reads the outbox's state, or returns nil if it cannot.
+func readSample(ctx context.Context, store *postgres.Store, timeout time.Duration) *metrics.Sample {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	st, err := store.Status(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("status: %w", err)
+		return nil
 	}
 	x, err := store.HeldBack(ctx)
 	if err != nil {
-		return nil, err
+		return nil
 	}
 	s := &metrics.Sample{Pending: st.Pending, Parked: st.Parked, Dead: st.Dead,
 		OldestPendingAgeSeconds: st.OldestPendingAgeSeconds}
 	if x != nil {
 		s.HoldupAgeSeconds = x.AgeSeconds
 	}
-	return s, nil
+	return s
 }

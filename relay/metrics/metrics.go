@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/outboxrelay/outboxrelay/relay"
@@ -51,36 +52,41 @@ func New(brokerUp func() bool) *Metrics {
 	m.health.brokerUp = brokerUp
 	m.lastAlive.Store(time.Now().UnixNano())
 
-	f := promauto{m.reg}
-	m.published = f.counter("rows_published_total", "Rows confirmed by the broker and recorded as published.")
-	m.failures = f.counterVec("publish_failures_total",
-		"Publishing failures by reason: rejected (the broker refused a row), invalid (a row cannot become a message), "+
-			"broker (connection or channel failed), database (read, record or lease renewal failed), lease (the lease was lost).",
-		"reason")
+	// Every metric of the relay is named outbox_relay_*.
+	f := promauto.With(prometheus.WrapRegistererWithPrefix(namespace+"_", m.reg))
+	gauge := func(name, help string) prometheus.Gauge {
+		return f.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	}
+	m.published = f.NewCounter(prometheus.CounterOpts{Name: "rows_published_total",
+		Help: "Rows confirmed by the broker and recorded as published."})
+	m.failures = f.NewCounterVec(prometheus.CounterOpts{Name: "publish_failures_total",
+		Help: "Publishing failures by reason: rejected (the broker refused a row), invalid (a row cannot become a message), " +
+			"broker (connection or channel failed), database (read, record or lease renewal failed), lease (the lease was lost)."},
+		[]string{"reason"})
 	for _, r := range []relay.Failure{relay.FailureRejected, relay.FailureInvalid, relay.FailureBroker,
 		relay.FailureDatabase, relay.FailureLease} {
 		m.failures.WithLabelValues(string(r)) // export zeros, so rates work from the start
 	}
-	m.confirmLatency = f.histogram("confirm_latency_seconds",
-		"Time from publishing a batch to its confirm being recorded.",
-		prometheus.ExponentialBuckets(0.0005, 2, 16)) // 0.5 ms to 16 s
-	m.batchSize = f.histogram("batch_size", "Messages per publish call.",
-		[]float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000})
-	m.leader = f.gauge("leader", "1 while this replica holds the lease and publishes, else 0.")
-	m.blocked = f.gauge("broker_blocked", "1 while the broker blocks publishers (a resource alarm), else 0.")
-	m.databaseUp = f.gauge("database_up", "1 if the last sample of the outbox's state succeeded, else 0.")
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "broker_up",
-		Help: "1 while this replica has an open connection to the broker (standbys have none), else 0.",
-	}, func() float64 { return b2f(brokerUp()) }))
-	m.pending = f.gauge("pending_rows", "Committed rows after the recorded position, not yet published.")
-	m.oldestPendingAge = f.gauge("oldest_pending_age_seconds",
+	m.confirmLatency = f.NewHistogram(prometheus.HistogramOpts{Name: "confirm_latency_seconds",
+		Help:    "Time from publishing a batch to its confirm being recorded.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}) // 0.5 ms to 16 s
+	m.batchSize = f.NewHistogram(prometheus.HistogramOpts{Name: "batch_size", Help: "Messages per publish call.",
+		Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000}})
+	m.leader = gauge("leader", "1 while this replica holds the lease and publishes, else 0.")
+	m.blocked = gauge("broker_blocked", "1 while the broker blocks publishers (a resource alarm), else 0.")
+	m.databaseUp = gauge("database_up", "1 if the last sample of the outbox's state succeeded, else 0.")
+	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "broker_up",
+		Help: "1 while this replica has an open connection to the broker (standbys have none), else 0."},
+		func() float64 { return b2f(brokerUp()) })
+	m.pending = gauge("pending_rows", "Committed rows after the recorded position, not yet published.")
+	m.oldestPendingAge = gauge("oldest_pending_age_seconds",
 		"Age of the oldest pending row: how far publishing lags behind the writers. 0 when none is pending.")
-	m.parked = f.gauge("parked_rows", "Rows the broker rejected that wait for a retry (not yet dead).")
-	m.dead = f.gauge("dead_rows", "Rows that failed every attempt; their aggregates wait (see outbox-relay dead).")
-	m.holdupAge = f.gauge("holdup_age_seconds",
+	m.parked = gauge("parked_rows", "Rows the broker rejected that wait for a retry (not yet dead).")
+	m.dead = gauge("dead_rows", "Rows that failed every attempt; their aggregates wait (see outbox-relay dead).")
+	m.holdupAge = gauge("holdup_age_seconds",
 		"Age of the oldest transaction holding committed rows back from publishing; 0 when none does.")
-	m.retentionDeleted = f.counter("retention_deleted_rows_total", "Published rows deleted by retention.")
+	m.retentionDeleted = f.NewCounter(prometheus.CounterOpts{Name: "retention_deleted_rows_total",
+		Help: "Published rows deleted by retention."})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -179,31 +185,4 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
-}
-
-// promauto creates metrics in the relay's namespace and registers them.
-type promauto struct{ reg *prometheus.Registry }
-
-func (f promauto) counter(name, help string) prometheus.Counter {
-	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
-	f.reg.MustRegister(c)
-	return c
-}
-
-func (f promauto) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
-	f.reg.MustRegister(c)
-	return c
-}
-
-func (f promauto) gauge(name, help string) prometheus.Gauge {
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
-	f.reg.MustRegister(g)
-	return g
-}
-
-func (f promauto) histogram(name, help string, buckets []float64) prometheus.Histogram {
-	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets})
-	f.reg.MustRegister(h)
-	return h
 }
