@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -326,7 +327,7 @@ func (b *Broker) dial(u string) (*amqp.Connection, error) {
 		Heartbeat:  b.cfg.Heartbeat,
 		Locale:     "en_US",
 		Properties: props,
-		Dial:       amqp.DefaultDial(b.cfg.DialTimeout),
+		Dial:       b.dialTCP,
 	})
 	if err != nil {
 		return nil, err
@@ -342,6 +343,16 @@ func (b *Broker) dial(u string) (*amqp.Connection, error) {
 		}
 	}()
 	return conn, nil
+}
+
+// dialTCP opens the TCP connection under the AMQP one; TLS, when the URL
+// asks for it, is layered on top by the client. Writes are coalesced.
+func (b *Broker) dialTCP(network, addr string) (net.Conn, error) {
+	conn, err := amqp.DefaultDial(b.cfg.DialTimeout)(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return newCoalescingConn(conn), nil
 }
 
 // openChannels opens Config.Channels channels on conn, or none.
