@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,18 +76,18 @@ func relayDrain(t *testing.T, r *rig, n, channels int, cpu *cpuMeter) result {
 		t.Fatalf("relay recorded %d rows, want %d", total, n)
 	}
 	r.checkDelivered(t, n)
-	progress("   relay: %d reads took %s (%.0f%% of the drain), %d position writes %s; %.0f messages published and not yet recorded on average",
+	progress("   relay: %d reads took %s (%.0f%% of the drain, beside the loop), %d position writes %s; %.0f messages published and not yet recorded on average",
 		timed.reads, timed.read.Round(time.Millisecond), 100*timed.read.Seconds()/elapsed.Seconds(),
 		timed.records, timed.record.Round(time.Millisecond), watch.mean())
 	return result{rate: float64(n) / elapsed.Seconds(), cpu: used}
 }
 
-// timedStore times the relay's reads and position writes. Reads run on
-// the relay's loop; position writes one at a time, on the loop or beside
-// it: each field has one writer at a time, and the totals are read after
+// timedStore times the relay's reads and position writes, which run
+// beside the relay's loop, one at a time each; the totals are read after
 // Run has returned.
 type timedStore struct {
 	*postgres.Store
+	mu             sync.Mutex
 	read, record   time.Duration
 	reads, records int
 }
@@ -94,16 +95,20 @@ type timedStore struct {
 func (s *timedStore) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
 	t0 := time.Now()
 	rows, err := s.Store.Read(ctx, after, limit)
+	s.mu.Lock()
 	s.read += time.Since(t0)
 	s.reads++
+	s.mu.Unlock()
 	return rows, err
 }
 
 func (s *timedStore) Record(ctx context.Context, pos relay.Position) error {
 	t0 := time.Now()
 	err := s.Store.Record(ctx, pos)
+	s.mu.Lock()
 	s.record += time.Since(t0)
 	s.records++
+	s.mu.Unlock()
 	return err
 }
 

@@ -24,16 +24,23 @@ type flight struct {
 }
 
 // pipeline keeps a sliding window of published rows awaiting confirms: it
-// reads and publishes while fewer than Window rows are in flight, and
-// records the position as the oldest flights are confirmed. Reading ahead of
-// the recorded position never loses rows: after any failure the pipeline
-// discards everything in flight and reads again from the recorded position.
+// publishes while fewer than Window rows are in flight, and records the
+// position as the oldest flights are confirmed. The next batch is read in
+// the background meanwhile, so a read never holds up publishing. Reading
+// ahead of the recorded position never loses rows: after any failure the
+// pipeline discards everything in flight and read, and reads again from the
+// recorded position.
 type pipeline struct {
-	r          *Relay
-	cursor     Position // last row published (read position)
-	flights    []flight
-	inFlight   int // rows in flights
-	readDue    bool
+	r        *Relay
+	cursor   Position // last row published
+	flights  []flight
+	inFlight int // rows in flights
+	// ahead holds rows read after the cursor and not yet published, at
+	// most about two batches; reading is the read in progress, which
+	// continues from the end of ahead.
+	ahead      []Row
+	reading    *read
+	readDue    bool          // the outbox may hold rows after those read
 	idle       time.Duration // next wait for an empty outbox
 	timer      *time.Timer
 	progressed bool // the last step recorded rows
@@ -88,7 +95,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		return nil
 	}
 	var unblocked <-chan struct{}
-	if !stopping && !p.retryWanted && p.readDue && p.inFlight < p.r.cfg.window() {
+	if !stopping && !p.retryWanted && p.room() > 0 && (len(p.ahead) > 0 || p.readDue) {
 		if time.Now().After(p.deadline) {
 			return ErrLeaseLost // not renewed in time: another replica may lead now
 		}
@@ -99,14 +106,24 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 				p.r.cfg.Observer.Blocked(false)
 				p.r.log.Info("resumed publishing: the broker unblocked")
 			}
-			return p.publish(ctx)
+			if len(p.ahead) > 0 {
+				return p.publish(ctx)
+			}
+		} else {
+			if !p.paused {
+				p.paused = true
+				p.r.cfg.Observer.Blocked(true)
+				p.r.log.Warn("paused publishing: the broker is blocking publishers (resource alarm); nothing more is read meanwhile")
+			}
+			unblocked = ready
 		}
-		if !p.paused {
-			p.paused = true
-			p.r.cfg.Observer.Blocked(true)
-			p.r.log.Warn("paused publishing: the broker is blocking publishers (resource alarm); nothing is read or buffered meanwhile")
-		}
-		unblocked = ready
+	}
+	if !stopping && !p.paused && p.readDue && p.reading == nil && len(p.ahead) < p.r.cfg.BatchSize {
+		p.startRead(ctx)
+	}
+	var read <-chan readResult
+	if p.reading != nil {
+		read = p.reading.done
 	}
 	var done <-chan struct{}
 	if len(p.flights) > 0 {
@@ -129,6 +146,8 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		return p.renewLease(finish)
 	case err := <-p.written:
 		return p.wrote(err)
+	case res := <-read:
+		return p.readDone(ctx, res)
 	case <-done:
 		return p.record(finish)
 	case <-finish.Done():
@@ -149,47 +168,101 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	return nil
 }
 
-// publish reads up to a batch after the cursor and publishes it, except
-// rows of parked aggregates and rows that cannot become messages, which
-// are parked when the position passes them.
-func (p *pipeline) publish(ctx context.Context) error {
-	cfg := p.r.cfg
-	limit := min(cfg.BatchSize, cfg.window()-p.inFlight)
-	if p.probe {
-		if p.publishing() {
-			p.readDue = false // the probe is out: wait for its answer
-			return nil
-		}
-		limit = 1
+// read is a read of the outbox running in the background.
+type read struct {
+	done   chan readResult
+	cancel context.CancelFunc
+	limit  int
+}
+
+type readResult struct {
+	rows []Row
+	err  error
+}
+
+// startRead reads a batch after the last row read, in the background.
+func (p *pipeline) startRead(ctx context.Context) {
+	from := p.cursor
+	if n := len(p.ahead); n > 0 {
+		from = p.ahead[n-1].Position()
 	}
-	rows, err := p.r.store.Read(ctx, p.cursor, limit)
-	if err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	rd := &read{done: make(chan readResult, 1), cancel: cancel, limit: p.r.cfg.BatchSize}
+	p.reading = rd
+	go func() {
+		rows, err := p.r.store.Read(ctx, from, rd.limit)
+		rd.done <- readResult{rows, err}
+	}()
+}
+
+// readDone takes a finished read's rows and decides when to read next: at
+// once after a full batch, after MinPoll after a partial one, and with
+// growing waits while the outbox stays empty.
+func (p *pipeline) readDone(ctx context.Context, res readResult) error {
+	cfg := p.r.cfg
+	limit := p.reading.limit
+	p.reading.cancel()
+	p.reading = nil
+	if res.err != nil {
 		if ctx.Err() != nil {
 			return nil // stopping; nothing new is in flight
 		}
-		return errorf(ctx, "read outbox: %w", storeError{err})
+		return errorf(ctx, "read outbox: %w", storeError{res.err})
 	}
-	if time.Now().After(p.deadline) {
-		return ErrLeaseLost // the read outlasted the lease: publish nothing
+	if len(p.ahead) == 0 {
+		p.ahead = res.rows
+	} else {
+		p.ahead = append(p.ahead, res.rows...)
 	}
 	switch {
-	case len(rows) == limit:
+	case len(res.rows) == limit:
 		p.idle = cfg.MinPoll // more are likely waiting: read again now
-	case len(rows) > 0:
+	case len(res.rows) > 0:
 		p.readDue, p.idle = false, cfg.MinPoll
 		p.armPoll(cfg.MinPoll)
 	default:
 		p.readDue = false
 		p.armPoll(p.idle)
 		p.idle = min(p.idle*2, cfg.PollInterval)
-		if !p.publishing() {
+		if !p.publishing() && len(p.ahead) == 0 {
 			// Idle: make sure the broker is there for the next row.
 			if err := p.r.pub.Connect(ctx); err != nil && ctx.Err() == nil {
 				return errorf(ctx, "connect to the broker: %w", err)
 			}
 		}
-		return nil
 	}
+	return nil
+}
+
+// stopRead abandons the read in progress, if any, and waits for it to end.
+func (p *pipeline) stopRead() {
+	if p.reading != nil {
+		p.reading.cancel()
+		<-p.reading.done
+		p.reading = nil
+	}
+}
+
+// room is how many more rows may be published now. After a failure only
+// one row is out at a time until it is confirmed (see probe).
+func (p *pipeline) room() int {
+	if p.probe {
+		if p.publishing() {
+			return 0
+		}
+		return 1
+	}
+	return p.r.cfg.window() - p.inFlight
+}
+
+// publish publishes the rows read ahead that fit in the window, except rows
+// of parked aggregates and rows that cannot become messages, which are
+// parked when the position passes them.
+func (p *pipeline) publish(ctx context.Context) error {
+	cfg := p.r.cfg
+	n := min(p.room(), len(p.ahead), cfg.BatchSize)
+	rows := p.ahead[:n:n]
+	p.ahead = p.ahead[n:]
 
 	start := 0 // first row not yet in a flight
 	msgs := make([]Message, 0, len(rows))
@@ -412,7 +485,9 @@ type flightDone struct {
 func (p *pipeline) reset() {
 	p.settle()
 	p.r.pub.Reset()
+	p.stopRead()
 	p.flights, p.inFlight = nil, 0
+	p.ahead = nil
 	p.cursor = p.r.pos
 	p.readDue = true
 	p.probe = true

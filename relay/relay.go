@@ -185,6 +185,7 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 		writeCtx: context.WithoutCancel(ctx)}
 	defer p.renew.Stop()
 	defer p.retry.Stop()
+	defer p.stopRead()
 	for _, a := range parked {
 		p.parked[a] = true
 	}

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -698,4 +699,55 @@ VALUES ('agg', 'x', 'E', 'events', '{}', '"not an object"')`); err == nil {
 	if dead := waitDead(t, b, 1); !strings.Contains(dead[0].Reason, `header "o" is a JSON object`) {
 		t.Fatalf("reason %q, want the mapping error", dead[0].Reason)
 	}
+}
+
+// gatedReads lets the first read through and holds every later one until
+// the gate opens or its context ends.
+type gatedReads struct {
+	relay.Store
+	reads   atomic.Int32
+	blocked chan struct{} // a held read has started
+	gate    chan struct{}
+}
+
+func (s *gatedReads) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+	if s.reads.Add(1) > 1 {
+		select {
+		case s.blocked <- struct{}{}:
+		default:
+		}
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Store.Read(ctx, after, limit)
+}
+
+// TestSlowReadDoesNotHoldUpRecording: the next batch is read beside the
+// loop, so while a read hangs, the batch already published is still
+// confirmed and recorded.
+func TestSlowReadDoesNotHoldUpRecording(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.write(t, "slow", 10, 2)
+	store := &gatedReads{Store: b.store, blocked: make(chan struct{}, 1), gate: make(chan struct{})}
+	recorded := make(chan int, 100)
+	cfg := relay.Config{BatchSize: 10, Hooks: relay.Hooks{Recorded: func(_ relay.Position, rows int) { recorded <- rows }}}
+	stop := run(t, cfg, store, b.broker)
+	defer stop()
+	<-store.blocked
+	total := 0
+	for total < 10 {
+		select {
+		case n := <-recorded:
+			total += n
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of 10 rows recorded while the next read hung: the read holds up the loop", total)
+		}
+	}
+	close(store.gate)
+	b.write(t, "after", 3, 1)
+	b.deliveredOf(t, 3, "after0")
 }
