@@ -93,6 +93,10 @@ type Relay struct {
 	pub   Publisher
 	log   *slog.Logger
 	pos   Position // recorded position
+	// failing is the last failure of publishing, until rows are recorded
+	// again; it outlives a lease lost meanwhile, so the recovery is
+	// reported whichever term of leadership it comes in.
+	failing error
 }
 
 // New returns a Relay, or the first configuration problem.
@@ -190,7 +194,6 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 		p.parked[a] = true
 	}
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
-	var failing error
 	for {
 		err := p.step(ctx, finish)
 		switch {
@@ -213,18 +216,18 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 				r.log.Info("stopped after a failed round", "err", err, "position", r.pos.String())
 				return nil
 			}
-			if failing == nil || failing.Error() != err.Error() {
+			if r.failing == nil || r.failing.Error() != err.Error() {
 				r.log.Warn("publishing failed; retrying", "err", err, "position", r.pos.String())
 			}
-			failing = err
+			r.failing = err
 			r.cfg.Observer.Failed(failure(err))
 			if h := r.cfg.Hooks.RoundFailed; h != nil {
 				h(err)
 			}
 			r.sleep(ctx, retry.next())
-		case p.progressed && failing != nil:
+		case p.progressed && r.failing != nil:
 			r.log.Info("publishing recovered", "position", r.pos.String())
-			failing = nil
+			r.failing = nil
 			retry.reset()
 		}
 	}
