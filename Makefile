@@ -34,12 +34,17 @@ demo-quickstart:
 # the relay binary's memory and the writer library, in one run, and prints a
 # markdown table of figures and ratios, also written to BENCH_OUT. It
 # asserts nothing about time; it fails only on wrong results. No -race: the
-# race detector distorts speed. BENCH_LONG=1 runs the long version.
-BENCH_OUT  ?= $(CURDIR)/bench-results.md
-BENCH_LONG ?=
+# race detector distorts speed. BENCH_LONG=1 runs the long version;
+# BENCH_ROUNDS=N runs N rounds of each raw/relay pair instead of the mode's;
+# BENCH_ONLY=regexp runs only the sections it matches.
+BENCH_OUT    ?= $(CURDIR)/bench-results.md
+BENCH_LONG   ?=
+BENCH_ROUNDS ?= 0
+BENCH_ONLY   ?=
 bench:
 	scripts/servers.sh run -- $(GO) test -count=1 -timeout 60m -run '^TestSuite$$' -v ./bench/ \
-		-args -bench.suite -bench.out=$(BENCH_OUT) $(if $(filter 1,$(BENCH_LONG)),-bench.long)
+		-args -bench.suite -bench.out=$(BENCH_OUT) -bench.rounds=$(BENCH_ROUNDS) \
+		-bench.only='$(BENCH_ONLY)' $(if $(filter 1,$(BENCH_LONG)),-bench.long)
 
 
 # chaos runs the chaos test for CHAOS_DURATION with CHAOS_REPLICAS relays

@@ -20,10 +20,11 @@ import (
 )
 
 var (
-	suiteFlag = flag.Bool("bench.suite", false, "run the benchmark suite (make bench); without it TestSuite skips")
-	longFlag  = flag.Bool("bench.long", false, "long version: more rounds, longer runs, a 1,000,000-row backlog")
-	outFlag   = flag.String("bench.out", "../bench-results.md", "file the results table is written to")
-	onlyFlag  = flag.String("bench.only", "", "run only the measurements whose name matches this regexp (drain, quorum, channels, read, latency, writer-cost, memory, write)")
+	suiteFlag  = flag.Bool("bench.suite", false, "run the benchmark suite (make bench); without it TestSuite skips")
+	longFlag   = flag.Bool("bench.long", false, "long version: more rounds, longer runs, a 1,000,000-row backlog")
+	outFlag    = flag.String("bench.out", "../bench-results.md", "file the results table is written to")
+	roundsFlag = flag.Int("bench.rounds", 0, "rounds of each raw/relay pair instead of the mode's (2 quick, 3 long)")
+	onlyFlag   = flag.String("bench.only", "", "run only the measurements whose name matches this regexp (drain, quorum, channels, read, latency, writer-cost, memory, write)")
 )
 
 // mode holds the sizes and durations of one version of the suite.
@@ -79,6 +80,9 @@ func TestSuite(t *testing.T) {
 	s := &suite{mode: quick, figures: map[string]float64{}}
 	if *longFlag {
 		s.mode = long
+	}
+	if *roundsFlag > 0 {
+		s.mode.rounds = *roundsFlag
 	}
 	s.describeMachine(t)
 	s.cpu = newCPUMeter(t)
