@@ -64,7 +64,8 @@ func NewMessage(row *Row, defaultExchange string) (Message, error) {
 // double.
 func parseHeaders(raw []byte) (map[string]any, error) {
 	headers := make(map[string]any, 4)
-	if len(bytes.TrimSpace(raw)) == 0 {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "{}" { // most rows: nothing to decode
 		return headers, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))

@@ -187,15 +187,14 @@ func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]re
 	out := make([]relay.Row, 0, min(limit, 256))
 	for rows.Next() {
 		var r relay.Row
-		var txid, headers string
+		var txid string
 		if err := rows.Scan(&r.ID, &txid, &r.EventID, &r.AggregateType, &r.AggregateID, &r.EventType,
-			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &headers, &r.CreatedAt); err != nil {
+			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &r.Headers, &r.CreatedAt); err != nil {
 			return nil, err
 		}
 		if r.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
 			return nil, fmt.Errorf("row %d: parse txid %q: %w", r.ID, txid, err)
 		}
-		r.Headers = []byte(headers)
 		out = append(out, r)
 	}
 	return out, rows.Err()
