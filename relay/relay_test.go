@@ -701,17 +701,19 @@ VALUES ('agg', 'x', 'E', 'events', '{}', '"not an object"')`); err == nil {
 	}
 }
 
-// gatedReads lets the first read through and holds every later one until
-// the gate opens or its context ends.
+// gatedReads lets reads through until one returns rows, and holds every
+// later one until the gate opens or its context ends. (An early read may
+// find nothing: another test's transaction on the same server can hold
+// the rows back for a moment.)
 type gatedReads struct {
 	relay.Store
-	reads   atomic.Int32
+	found   atomic.Bool
 	blocked chan struct{} // a held read has started
 	gate    chan struct{}
 }
 
 func (s *gatedReads) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
-	if s.reads.Add(1) > 1 {
+	if s.found.Load() {
 		select {
 		case s.blocked <- struct{}{}:
 		default:
@@ -722,7 +724,11 @@ func (s *gatedReads) Read(ctx context.Context, after relay.Position, limit int) 
 			return nil, ctx.Err()
 		}
 	}
-	return s.Store.Read(ctx, after, limit)
+	rows, err := s.Store.Read(ctx, after, limit)
+	if len(rows) > 0 {
+		s.found.Store(true)
+	}
+	return rows, err
 }
 
 // TestSlowReadDoesNotHoldUpRecording: the next batch is read beside the
