@@ -243,8 +243,11 @@ func (p *pipeline) stopRead() {
 	}
 }
 
-// room is how many more rows may be published now. After a failure only
-// one row is out at a time until it is confirmed (see probe).
+// room is how many more rows may be published now: the window counts
+// every row published and not yet recorded, confirmed rows whose position
+// write is under way included, so a crash republishes at most a window.
+// After a failure only one row is out at a time until it is confirmed (see
+// probe).
 func (p *pipeline) room() int {
 	if p.probe {
 		if p.publishing() {
@@ -252,7 +255,14 @@ func (p *pipeline) room() int {
 		}
 		return 1
 	}
-	return p.r.cfg.window() - p.inFlight
+	n := p.r.cfg.window() - p.inFlight
+	if p.writing != nil {
+		n -= p.writing.rows
+	}
+	if p.queued != nil {
+		n -= p.queued.rows
+	}
+	return n
 }
 
 // publish publishes the rows read ahead that fit in the window, except rows

@@ -757,3 +757,58 @@ func TestSlowReadDoesNotHoldUpRecording(t *testing.T) {
 	b.write(t, "after", 3, 1)
 	b.deliveredOf(t, 3, "after0")
 }
+
+// heldRecords holds every position write until the gate opens or its
+// context ends, and tells the test when the first one started.
+type heldRecords struct {
+	relay.Store
+	started chan struct{}
+	gate    chan struct{}
+}
+
+func (s *heldRecords) Record(ctx context.Context, pos relay.Position) error {
+	select {
+	case s.started <- struct{}{}:
+	default:
+	}
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Store.Record(ctx, pos)
+}
+
+// countingPublisher counts the messages handed to the broker.
+type countingPublisher struct {
+	relay.Publisher
+	sent atomic.Int64
+}
+
+func (c *countingPublisher) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
+	c.sent.Add(int64(len(msgs)))
+	return c.Publisher.Publish(ctx, msgs)
+}
+
+// TestWindowCountsRowsAwaitingTheirPositionWrite: confirmed rows whose
+// position write has not finished still count against the window, so
+// however slow the write, at most a window of rows is published and not
+// recorded: what a crash would publish again.
+func TestWindowCountsRowsAwaitingTheirPositionWrite(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.write(t, "held", 100, 5)
+	store := &heldRecords{Store: b.store, started: make(chan struct{}, 1), gate: make(chan struct{})}
+	pub := &countingPublisher{Publisher: b.broker}
+	stop := run(t, relay.Config{BatchSize: 10}, store, pub)
+	defer stop()
+	<-store.started
+	time.Sleep(500 * time.Millisecond) // room for the relay to overrun, if it would
+	if n := pub.sent.Load(); n > 20 {
+		t.Fatalf("%d messages published while the first position write hung, want at most the window of 20", n)
+	}
+	close(store.gate)
+	if seen := b.deliveredOf(t, 100, ""); len(seen) != 100 {
+		t.Fatalf("%d delivered, want 100", len(seen))
+	}
+}
