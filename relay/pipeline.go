@@ -66,7 +66,9 @@ type pipeline struct {
 	// writing is the position write in progress, answered on written;
 	// queued is the next, merged from every record that came meanwhile.
 	// Writing in the background keeps the database's commit off the
-	// publishing path: the window refills while the position is written.
+	// publishing path: the loop goes on recording confirms and publishing
+	// into the rest of the window, while the rows being written still hold
+	// their room (see room).
 	writing  *posWrite
 	written  chan error
 	queued   *posWrite
