@@ -701,27 +701,45 @@ VALUES ('agg', 'x', 'E', 'events', '{}', '"not an object"')`); err == nil {
 	}
 }
 
+// barrier holds calls until it opens: each held call first tells the test
+// it arrived (on arrived, if nobody took the last notice yet).
+type barrier struct {
+	arrived chan struct{}
+	open    chan struct{}
+}
+
+func newBarrier() *barrier {
+	return &barrier{arrived: make(chan struct{}, 1), open: make(chan struct{})}
+}
+
+// hold waits until the barrier opens or ctx ends.
+func (b *barrier) hold(ctx context.Context) error {
+	select {
+	case b.arrived <- struct{}{}:
+	default:
+	}
+	select {
+	case <-b.open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // gatedReads lets reads through until one returns rows, and holds every
-// later one until the gate opens or its context ends. (An early read may
-// find nothing: another test's transaction on the same server can hold
-// the rows back for a moment.)
+// later one at the barrier. (An early read may find nothing: another
+// test's transaction on the same server can hold the rows back for a
+// moment.)
 type gatedReads struct {
 	relay.Store
-	found   atomic.Bool
-	blocked chan struct{} // a held read has started
-	gate    chan struct{}
+	found atomic.Bool
+	*barrier
 }
 
 func (s *gatedReads) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
 	if s.found.Load() {
-		select {
-		case s.blocked <- struct{}{}:
-		default:
-		}
-		select {
-		case <-s.gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err := s.hold(ctx); err != nil {
+			return nil, err
 		}
 	}
 	rows, err := s.Store.Read(ctx, after, limit)
@@ -738,12 +756,12 @@ func TestSlowReadDoesNotHoldUpRecording(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.write(t, "slow", 10, 2)
-	store := &gatedReads{Store: b.store, blocked: make(chan struct{}, 1), gate: make(chan struct{})}
+	store := &gatedReads{Store: b.store, barrier: newBarrier()}
 	recorded := make(chan int, 100)
 	cfg := relay.Config{BatchSize: 10, Hooks: relay.Hooks{Recorded: func(_ relay.Position, rows int) { recorded <- rows }}}
 	stop := run(t, cfg, store, b.broker)
 	defer stop()
-	<-store.blocked
+	<-store.arrived
 	total := 0
 	for total < 10 {
 		select {
@@ -753,28 +771,20 @@ func TestSlowReadDoesNotHoldUpRecording(t *testing.T) {
 			t.Fatalf("%d of 10 rows recorded while the next read hung: the read holds up the loop", total)
 		}
 	}
-	close(store.gate)
+	close(store.open)
 	b.write(t, "after", 3, 1)
 	b.deliveredOf(t, 3, "after0")
 }
 
-// heldRecords holds every position write until the gate opens or its
-// context ends, and tells the test when the first one started.
+// heldRecords holds every position write at the barrier.
 type heldRecords struct {
 	relay.Store
-	started chan struct{}
-	gate    chan struct{}
+	*barrier
 }
 
 func (s *heldRecords) Record(ctx context.Context, pos relay.Position) error {
-	select {
-	case s.started <- struct{}{}:
-	default:
-	}
-	select {
-	case <-s.gate:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.hold(ctx); err != nil {
+		return err
 	}
 	return s.Store.Record(ctx, pos)
 }
@@ -798,16 +808,16 @@ func TestWindowCountsRowsAwaitingTheirPositionWrite(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.write(t, "held", 100, 5)
-	store := &heldRecords{Store: b.store, started: make(chan struct{}, 1), gate: make(chan struct{})}
+	store := &heldRecords{Store: b.store, barrier: newBarrier()}
 	pub := &countingPublisher{Publisher: b.broker}
 	stop := run(t, relay.Config{BatchSize: 10}, store, pub)
 	defer stop()
-	<-store.started
+	<-store.arrived
 	time.Sleep(500 * time.Millisecond) // room for the relay to overrun, if it would
 	if n := pub.sent.Load(); n > 20 {
 		t.Fatalf("%d messages published while the first position write hung, want at most the window of 20", n)
 	}
-	close(store.gate)
+	close(store.open)
 	if seen := b.deliveredOf(t, 100, ""); len(seen) != 100 {
 		t.Fatalf("%d delivered, want 100", len(seen))
 	}
