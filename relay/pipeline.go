@@ -174,7 +174,6 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 type read struct {
 	done   chan readResult
 	cancel context.CancelFunc
-	limit  int
 }
 
 type readResult struct {
@@ -189,10 +188,10 @@ func (p *pipeline) startRead(ctx context.Context) {
 		from = p.ahead[n-1].Position()
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	rd := &read{done: make(chan readResult, 1), cancel: cancel, limit: p.r.cfg.BatchSize}
+	rd := &read{done: make(chan readResult, 1), cancel: cancel}
 	p.reading = rd
 	go func() {
-		rows, err := p.r.store.Read(ctx, from, rd.limit)
+		rows, err := p.r.store.Read(ctx, from, p.r.cfg.BatchSize)
 		rd.done <- readResult{rows, err}
 	}()
 }
@@ -202,7 +201,6 @@ func (p *pipeline) startRead(ctx context.Context) {
 // growing waits while the outbox stays empty.
 func (p *pipeline) readDone(ctx context.Context, res readResult) error {
 	cfg := p.r.cfg
-	limit := p.reading.limit
 	p.reading.cancel()
 	p.reading = nil
 	if res.err != nil {
@@ -217,7 +215,7 @@ func (p *pipeline) readDone(ctx context.Context, res readResult) error {
 		p.ahead = append(p.ahead, res.rows...)
 	}
 	switch {
-	case len(res.rows) == limit:
+	case len(res.rows) == cfg.BatchSize:
 		p.idle = cfg.MinPoll // more are likely waiting: read again now
 	case len(res.rows) > 0:
 		p.readDue, p.idle = false, cfg.MinPoll
