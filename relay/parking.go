@@ -93,7 +93,7 @@ func (p *pipeline) retryParked(ctx context.Context) error {
 		}
 		for _, h := range heads {
 			switch {
-			case ctx.Err() != nil, time.Now().After(budget), !closed(p.r.pub.Ready()):
+			case ctx.Err() != nil, time.Now().After(budget), p.blocked():
 				return nil // stopping, out of time, or the broker blocks
 			case time.Now().After(p.deadline):
 				return ErrLeaseLost

@@ -84,6 +84,8 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	if stopping && len(p.flights) == 0 && p.writing == nil {
 		return errStopped
 	}
+	blocked, blockChange := p.r.pub.Blocked()
+	p.pause(blocked)
 	if !stopping && p.retryWanted && len(p.flights) == 0 && p.writing == nil {
 		p.retryWanted = false
 		p.retry.Reset(retryEvery)
@@ -96,28 +98,12 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		p.readDue = true
 		return nil
 	}
-	var unblocked <-chan struct{}
 	if !stopping && !p.retryWanted && p.room() > 0 && (len(p.ahead) > 0 || p.readDue) {
 		if time.Now().After(p.deadline) {
 			return ErrLeaseLost // not renewed in time: another replica may lead now
 		}
-		ready := p.r.pub.Ready()
-		if closed(ready) {
-			if p.paused {
-				p.paused = false
-				p.r.cfg.Observer.Blocked(false)
-				p.r.log.Info("resumed publishing: the broker unblocked")
-			}
-			if len(p.ahead) > 0 {
-				return p.publish(ctx)
-			}
-		} else {
-			if !p.paused {
-				p.paused = true
-				p.r.cfg.Observer.Blocked(true)
-				p.r.log.Warn("paused publishing: the broker is blocking publishers (resource alarm); nothing more is read meanwhile")
-			}
-			unblocked = ready
+		if !p.paused && len(p.ahead) > 0 {
+			return p.publish(ctx)
 		}
 	}
 	if !stopping && !p.paused && p.readDue && p.reading == nil && len(p.ahead) < p.r.cfg.BatchSize {
@@ -160,7 +146,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		return p.record(finish) // reports the shutdown timeout
 	case <-retry:
 		p.retryWanted = true
-	case <-unblocked:
+	case <-blockChange:
 	case <-tick:
 		p.readDue = true
 	case <-wake:
@@ -168,6 +154,28 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	case <-stop:
 	}
 	return nil
+}
+
+// pause follows the broker's resource alarm. It is checked at every step,
+// not only when there is room to publish: a broker that blocks stops
+// reading and confirming, so the window may stay full until it unblocks.
+func (p *pipeline) pause(blocked bool) {
+	if blocked == p.paused {
+		return
+	}
+	p.paused = blocked
+	p.r.cfg.Observer.Blocked(blocked)
+	if blocked {
+		p.r.log.Warn("paused publishing: the broker is blocking publishers (resource alarm); nothing more is read meanwhile")
+	} else {
+		p.r.log.Info("resumed publishing: the broker unblocked")
+	}
+}
+
+// blocked reports whether the broker blocks publishers now.
+func (p *pipeline) blocked() bool {
+	blocked, _ := p.r.pub.Blocked()
+	return blocked
 }
 
 // read is a read of the outbox running in the background.

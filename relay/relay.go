@@ -50,10 +50,10 @@ type Publisher interface {
 	// with nothing to publish still notices a broker that is down. The
 	// core calls it whenever a read finds the outbox drained.
 	Connect(ctx context.Context) error
-	// Ready is closed while the broker accepts publishing; while it
-	// blocks publishers (a resource alarm) it is open, and closed when
-	// the broker unblocks. The core publishes nothing meanwhile.
-	Ready() <-chan struct{}
+	// Blocked reports whether the broker blocks publishers now (a
+	// resource alarm) and returns a channel closed at the next change.
+	// The core publishes and reads nothing while it is blocked.
+	Blocked() (blocked bool, change <-chan struct{})
 }
 
 // Confirmation is the broker's answer for one Publish call.

@@ -282,11 +282,7 @@ func (s stalled) Reset() {}
 
 func (s stalled) Connect(context.Context) error { return nil }
 
-func (s stalled) Ready() <-chan struct{} {
-	c := make(chan struct{})
-	close(c)
-	return c
-}
+func (s stalled) Blocked() (bool, <-chan struct{}) { return false, nil }
 
 type stalledConfirmation struct{}
 

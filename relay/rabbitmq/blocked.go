@@ -7,21 +7,12 @@ import amqp "github.com/rabbitmq/amqp091-go"
 // connection only fills buffers, so the relay pauses instead, until the
 // broker says connection.unblocked.
 
-// Ready implements relay.Publisher: the channel is closed while publishing
-// can proceed, and open (to be closed on unblocking) while the broker
-// blocks this connection.
-func (b *Broker) Ready() <-chan struct{} {
+// Blocked implements relay.Publisher: whether the broker blocks this
+// connection now, and a channel closed at the next change.
+func (b *Broker) Blocked() (blocked bool, change <-chan struct{}) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.ready
-}
-
-// Blocked returns the broker's reason while it blocks this connection, and
-// "" otherwise.
-func (b *Broker) Blocked() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.blockReason
+	return b.blocked, b.blockChange
 }
 
 // watchBlocked follows connection.blocked and .unblocked for conn until it
@@ -31,7 +22,7 @@ func (b *Broker) watchBlocked(conn *amqp.Connection, notes <-chan amqp.Blocking)
 	for blk := range notes {
 		b.mu.Lock()
 		if conn == b.conn {
-			b.setBlockedLocked(blk.Active, blk.Reason)
+			b.setBlockedLocked(blk.Active)
 		}
 		b.mu.Unlock()
 		if blk.Active {
@@ -44,23 +35,18 @@ func (b *Broker) watchBlocked(conn *amqp.Connection, notes <-chan amqp.Blocking)
 	// unblocked, and the relay must get as far as opening it.
 	b.mu.Lock()
 	if conn == b.conn {
-		b.setBlockedLocked(false, "")
+		b.setBlockedLocked(false)
 	}
 	b.mu.Unlock()
 }
 
-func (b *Broker) setBlockedLocked(active bool, reason string) {
-	switch {
-	case active && b.blockReason == "":
-		if reason == "" {
-			reason = "resource alarm"
-		}
-		b.blockReason = reason
-		b.ready = make(chan struct{})
-	case !active && b.blockReason != "":
-		b.blockReason = ""
-		close(b.ready)
+func (b *Broker) setBlockedLocked(active bool) {
+	if active == b.blocked {
+		return
 	}
+	b.blocked = active
+	close(b.blockChange)
+	b.blockChange = make(chan struct{})
 }
 
 // Connected reports whether the broker has an open connection. A standby,

@@ -123,10 +123,10 @@ type Broker struct {
 	// would overtake the failed ones, which the core republishes first.
 	broken bool
 	next   int // index of the URL to try first
-	// ready is closed unless the broker blocks the connection; blockReason
-	// is the broker's reason while it does.
-	ready       chan struct{}
-	blockReason string
+	// blocked is set while the broker blocks the connection (a resource
+	// alarm); blockChange is closed at its next change.
+	blocked     bool
+	blockChange chan struct{}
 }
 
 // errAwaitingReset refuses to publish after a failure until Reset.
@@ -221,7 +221,7 @@ func New(cfg Config) (*Broker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Broker{cfg: cfg, log: log, ready: closedChan}, nil
+	return &Broker{cfg: cfg, log: log, blockChange: make(chan struct{})}, nil
 }
 
 // closeTimeout bounds closing a connection. A broker under a resource
@@ -242,7 +242,7 @@ func (b *Broker) Close() error {
 func (b *Broker) detachLocked() *amqp.Connection {
 	conn := b.conn
 	b.conn, b.chs = nil, nil
-	b.setBlockedLocked(false, "") // a new connection starts unblocked
+	b.setBlockedLocked(false) // a new connection starts unblocked
 	return conn
 }
 

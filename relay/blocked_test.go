@@ -1,0 +1,127 @@
+package relay_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// alarmed is a broker whose resource alarm the test raises and lifts. It
+// holds every confirm back until released, as a broker that stopped
+// reading from the connection does.
+type alarmed struct {
+	*countingPublisher
+	released chan struct{}
+
+	mu     sync.Mutex
+	on     bool
+	change chan struct{}
+}
+
+func newAlarmed(pub relay.Publisher) *alarmed {
+	return &alarmed{
+		countingPublisher: &countingPublisher{Publisher: pub},
+		released:          make(chan struct{}),
+		change:            make(chan struct{}),
+	}
+}
+
+func (a *alarmed) Blocked() (bool, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.on, a.change
+}
+
+func (a *alarmed) set(on bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.on = on
+	close(a.change)
+	a.change = make(chan struct{})
+}
+
+func (a *alarmed) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
+	c := a.countingPublisher.Publish(ctx, msgs)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-a.released:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-c.Done():
+		case <-ctx.Done():
+		}
+	}()
+	return heldConfirmation{Confirmation: c, released: a.released, done: done}
+}
+
+type heldConfirmation struct {
+	relay.Confirmation
+	released <-chan struct{}
+	done     chan struct{}
+}
+
+func (c heldConfirmation) Done() <-chan struct{} { return c.done }
+
+func (c heldConfirmation) Wait(ctx context.Context) (int, error) {
+	select {
+	case <-c.released:
+	case <-ctx.Done():
+		return 0, context.Cause(ctx)
+	}
+	return c.Confirmation.Wait(ctx)
+}
+
+// blockedObserver passes on what the relay says of the broker's alarm.
+type blockedObserver struct {
+	*counting
+	blocked chan bool
+}
+
+func (o blockedObserver) Blocked(b bool) { o.blocked <- b }
+
+// TestPausesWhenTheBrokerBlocksAFullWindow: a broker under a resource
+// alarm stops confirming, so the window can be full when the alarm comes.
+// The relay still says it paused, and resumes when the alarm is lifted.
+func TestPausesWhenTheBrokerBlocksAFullWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.write(t, "alarm", 40, 4)
+	pub := newAlarmed(b.broker)
+	obs := blockedObserver{counting: &counting{}, blocked: make(chan bool, 10)}
+	stop := run(t, relay.Config{BatchSize: 10, Observer: obs}, b.store, pub)
+	defer stop()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for pub.sent.Load() < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages published, want the window of 20", pub.sent.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pub.set(true)
+	expect := func(want bool) {
+		t.Helper()
+		select {
+		case got := <-obs.blocked:
+			if got != want {
+				t.Fatalf("observer told blocked=%v, want %v", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("observer never told blocked=%v", want)
+		}
+	}
+	expect(true)
+	pub.set(false)
+	close(pub.released)
+	expect(false)
+	if seen := b.deliveredOf(t, 40, ""); len(seen) != 40 {
+		t.Fatalf("%d delivered, want 40", len(seen))
+	}
+}
