@@ -1,11 +1,8 @@
 package relay
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 )
 
@@ -57,66 +54,4 @@ func NewMessage(row *Row, defaultExchange string) (Message, error) {
 		Headers:     headers,
 		Body:        row.Payload,
 	}, nil
-}
-
-// parseHeaders decodes a flat JSON object. Integral numbers that fit become
-// int64, other numbers float64, so consumers see 3 as an integer and 2.5 as a
-// double.
-func parseHeaders(raw []byte) (map[string]any, error) {
-	headers := make(map[string]any, 4)
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "{}" { // most rows: nothing to decode
-		return headers, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var obj map[string]any
-	if err := dec.Decode(&obj); err != nil {
-		return nil, fmt.Errorf("%w: not a JSON object: %v", ErrBadHeaders, err)
-	}
-	if obj == nil {
-		return nil, fmt.Errorf("%w: not a JSON object", ErrBadHeaders)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrBadHeaders)
-	}
-	for k, v := range obj {
-		switch v := v.(type) {
-		case string, bool:
-			headers[k] = v
-		case json.Number:
-			n, err := number(v)
-			if err != nil {
-				return nil, fmt.Errorf("%w: header %q: %v", ErrBadHeaders, k, err)
-			}
-			headers[k] = n
-		case nil:
-			return nil, fmt.Errorf("%w: header %q is null; use a string, number or boolean", ErrBadHeaders, k)
-		default:
-			return nil, fmt.Errorf("%w: header %q is a JSON %s; use a string, number or boolean", ErrBadHeaders, k, jsonKind(v))
-		}
-	}
-	return headers, nil
-}
-
-func number(n json.Number) (any, error) {
-	if i, err := n.Int64(); err == nil {
-		return i, nil
-	}
-	f, err := n.Float64()
-	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-		return nil, fmt.Errorf("number %s is out of range", n)
-	}
-	return f, nil
-}
-
-func jsonKind(v any) string {
-	switch v.(type) {
-	case map[string]any:
-		return "object"
-	case []any:
-		return "array"
-	default:
-		return fmt.Sprintf("%T", v)
-	}
 }
