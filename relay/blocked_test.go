@@ -15,6 +15,7 @@ import (
 type alarmed struct {
 	*countingPublisher
 	released chan struct{}
+	release  func() // closes released, once
 
 	mu     sync.Mutex
 	on     bool
@@ -22,9 +23,11 @@ type alarmed struct {
 }
 
 func newAlarmed(pub relay.Publisher) *alarmed {
+	released := make(chan struct{})
 	return &alarmed{
 		countingPublisher: &countingPublisher{Publisher: pub},
-		released:          make(chan struct{}),
+		released:          released,
+		release:           sync.OnceFunc(func() { close(released) }),
 		change:            make(chan struct{}),
 	}
 }
@@ -97,6 +100,7 @@ func TestPausesWhenTheBrokerBlocksAFullWindow(t *testing.T) {
 	obs := blockedObserver{counting: &counting{}, blocked: make(chan bool, 10)}
 	stop := run(t, relay.Config{BatchSize: 10, Observer: obs}, b.store, pub)
 	defer stop()
+	defer pub.release() // before stop, so a failed test leaves nothing held
 
 	deadline := time.Now().Add(30 * time.Second)
 	for pub.sent.Load() < 20 {
@@ -119,9 +123,41 @@ func TestPausesWhenTheBrokerBlocksAFullWindow(t *testing.T) {
 	}
 	expect(true)
 	pub.set(false)
-	close(pub.released)
+	pub.release()
 	expect(false)
 	if seen := b.deliveredOf(t, 40, ""); len(seen) != 40 {
 		t.Fatalf("%d delivered, want 40", len(seen))
+	}
+}
+
+// TestLeavingLeadershipEndsThePause: a replica that stops leading while
+// paused does not go on reporting the broker as blocking; the next term
+// finds out afresh.
+func TestLeavingLeadershipEndsThePause(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	pub := newAlarmed(b.broker)
+	defer pub.release()
+	pub.set(true)
+	obs := blockedObserver{counting: &counting{}, blocked: make(chan bool, 10)}
+	stop := run(t, relay.Config{Observer: obs}, b.store, pub)
+	select {
+	case got := <-obs.blocked:
+		if !got {
+			t.Fatal("observer told blocked=false first")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("observer never told blocked=true")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-obs.blocked:
+		if got {
+			t.Fatal("observer told blocked=true again")
+		}
+	default:
+		t.Fatal("the relay stopped leading and still reports the broker as blocking")
 	}
 }

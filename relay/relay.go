@@ -190,6 +190,11 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 	defer p.renew.Stop()
 	defer p.retry.Stop()
 	defer p.stopRead()
+	defer func() {
+		if p.paused { // the next term of leadership starts unpaused
+			r.cfg.Observer.Blocked(false)
+		}
+	}()
 	for _, a := range parked {
 		p.parked[a] = true
 	}
