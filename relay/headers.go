@@ -19,7 +19,7 @@ import (
 // same result (FuzzScanFlat checks this).
 func parseHeaders(raw []byte) (map[string]any, error) {
 	headers := make(map[string]any, 4)
-	raw = bytes.TrimSpace(raw)
+	raw = bytes.Trim(raw, jsonSpace)
 	if len(raw) == 0 || string(raw) == "{}" { // most rows: nothing to decode
 		return headers, nil
 	}
@@ -30,7 +30,11 @@ func parseHeaders(raw []byte) (map[string]any, error) {
 	return decodeHeaders(raw, headers)
 }
 
-// decodeHeaders is parseHeaders through encoding/json.
+// jsonSpace is the whitespace JSON allows around values.
+const jsonSpace = " \t\r\n"
+
+// decodeHeaders is parseHeaders through encoding/json, on raw without
+// surrounding whitespace.
 func decodeHeaders(raw []byte, headers map[string]any) (map[string]any, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
@@ -41,7 +45,7 @@ func decodeHeaders(raw []byte, headers map[string]any) (map[string]any, error) {
 	if obj == nil {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrBadHeaders)
 	}
-	if dec.More() {
+	if dec.InputOffset() != int64(len(raw)) {
 		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrBadHeaders)
 	}
 	for k, v := range obj {
@@ -124,7 +128,7 @@ type scanner struct {
 	i int
 }
 
-// space skips JSON whitespace.
+// space skips JSON whitespace (jsonSpace).
 func (s *scanner) space() {
 	for s.i < len(s.b) {
 		switch s.b[s.i] {
