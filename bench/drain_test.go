@@ -38,7 +38,9 @@ func relayDrain(t *testing.T, r *rig, n, channels int, fromMemory bool, cpu *cpu
 	defer store.Close()
 	timed := &timedStore{Store: store}
 	if fromMemory {
-		timed.memory = readAll(t, store)
+		if timed.memory = readAll(t, store); len(timed.memory) != n {
+			t.Fatalf("read %d rows of the backlog into memory, want %d", len(timed.memory), n)
+		}
 	}
 	broker, err := rabbitmq.New(rabbitmq.Config{URLs: []string{r.vhost.URL}, Channels: channels, Window: window})
 	if err != nil {
