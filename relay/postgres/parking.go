@@ -59,7 +59,7 @@ func (s *Store) DueHeads(ctx context.Context, limit int) ([]relay.ParkedRow, err
 		var p relay.ParkedRow
 		var txid, headers string
 		err := r.Scan(&p.Row.ID, &p.Attempts, &txid, &p.Row.EventID, &p.Row.AggregateType, &p.Row.AggregateID,
-			&p.Row.EventType, &p.Row.Exchange, &p.Row.RoutingKey, &p.Row.Payload, &p.Row.ContentType, &headers, &p.Row.CreatedAt)
+			&p.Row.EventType, &p.Row.Exchange, &p.Row.RoutingKey, &p.Row.Payload, &p.Row.ContentType, &headers, timestamp{&p.Row.CreatedAt})
 		if err != nil {
 			return p, err
 		}

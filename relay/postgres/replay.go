@@ -127,7 +127,7 @@ func (s *Store) ReplayRows(ctx context.Context, plan ReplayPlan, sel ReplaySelec
 		var r relay.Row
 		var txid, headers string
 		if err := rows.Scan(&r.ID, &txid, &r.EventID, &r.AggregateType, &r.AggregateID, &r.EventType,
-			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &headers, &r.CreatedAt); err != nil {
+			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &headers, timestamp{&r.CreatedAt}); err != nil {
 			return nil, err
 		}
 		if r.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {

@@ -189,7 +189,7 @@ func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]re
 		var r relay.Row
 		var txid string
 		if err := rows.Scan(&r.ID, &txid, &r.EventID, &r.AggregateType, &r.AggregateID, &r.EventType,
-			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &r.Headers, &r.CreatedAt); err != nil {
+			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &r.Headers, timestamp{&r.CreatedAt}); err != nil {
 			return nil, err
 		}
 		if r.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {

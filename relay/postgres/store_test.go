@@ -192,6 +192,32 @@ func TestReadOrdersTransactionIDsAsNumbers(t *testing.T) {
 	}
 }
 
+// TestReadTakesInfiniteTimestamps: a created_at of 'infinity' cannot be a
+// time.Time; the row is read with the zero time (a message without
+// timestamp) instead of failing every read from there on.
+func TestReadTakesInfiniteTimestamps(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	pos, err := b.store.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []string{"infinity", "-infinity", "2026-01-02 03:04:05+00"} {
+		if _, err := b.pool.Exec(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, created_at)
+			VALUES ('order', $1::text, 'Tested', 'rk', '', $1::text::timestamptz)`, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := readN(t, b.store, pos, 3)
+	if !rows[0].CreatedAt.IsZero() || !rows[1].CreatedAt.IsZero() {
+		t.Fatalf("infinite timestamps read as %v and %v, want the zero time", rows[0].CreatedAt, rows[1].CreatedAt)
+	}
+	if want := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC); !rows[2].CreatedAt.Equal(want) {
+		t.Fatalf("created_at %v, want %v", rows[2].CreatedAt, want)
+	}
+}
+
 // TestReadUnderConcurrentWriters: 32 writers with random commit delays and
 // rollbacks, a reader that follows along; it must read every committed row
 // exactly once and no rolled-back row.
