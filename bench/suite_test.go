@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/outboxrelay/outboxrelay/internal/gcpercent"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 )
 
@@ -84,6 +85,9 @@ func TestSuite(t *testing.T) {
 	if *roundsFlag > 0 {
 		s.mode.rounds = *roundsFlag
 	}
+	// The relay and the raw publisher run in this process: both under the
+	// relay binary's garbage-collection target, as the binary would be.
+	s.gogc = gcpercent.Apply()
 	s.describeMachine(t)
 	s.cpu = newCPUMeter(t)
 	progress("%s, %s mode", s.machine, s.mode.name)
@@ -116,6 +120,7 @@ type suite struct {
 	machine string
 	// rabbitVersion is the broker's version, e.g. "3.10.8".
 	rabbitVersion string
+	gogc          string // the GOGC this process runs with
 	cpu           *cpuMeter
 	rows          []row
 	figures       map[string]float64 // by key, for ratios across measurements
@@ -171,8 +176,8 @@ func (s *suite) describeMachine(t *testing.T) {
 		conn.Close()
 	}
 	load, _ := os.ReadFile("/proc/loadavg")
-	s.machine = fmt.Sprintf("%d cores, %s, RabbitMQ %s, PostgreSQL %s, %s, load average %s at start",
-		runtime.NumCPU(), runtime.Version(), s.rabbitVersion, pgVersion, time.Now().Format("2006-01-02 15:04 MST"),
+	s.machine = fmt.Sprintf("%d cores, %s (GOGC %s), RabbitMQ %s, PostgreSQL %s, %s, load average %s at start",
+		runtime.NumCPU(), runtime.Version(), s.gogc, s.rabbitVersion, pgVersion, time.Now().Format("2006-01-02 15:04 MST"),
 		strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
 }
 

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"runtime/debug"
 	"text/tabwriter"
+
+	"github.com/outboxrelay/outboxrelay/internal/gcpercent"
 )
 
 const helpText = `outbox-relay publishes committed rows of a PostgreSQL outbox table to
@@ -46,6 +48,7 @@ func printHelp(w io.Writer) {
 		}
 		fmt.Fprintf(tw, "  RELAY_%s\t%s\t%s\n", f.Tag.Get("envconfig"), def, f.Tag.Get("desc"))
 	}
+	fmt.Fprintf(tw, "  GOGC\t%d\t%s\n", gcpercent.Default, "Go's garbage-collection target. The relay collects less often than Go's default of 100: less CPU per message, about 15 MB more memory. GOGC=100 trades the CPU back for the memory.")
 	tw.Flush()
 }
 

@@ -10,9 +10,12 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/outboxrelay/outboxrelay/internal/gcpercent"
 )
 
 func main() {
+	gcpercent.Apply()
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
