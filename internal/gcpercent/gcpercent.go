@@ -12,7 +12,7 @@ import (
 // read ahead) while it allocates for every message, so with Go's default
 // of 100 it collects dozens of times a second. Letting the heap grow to
 // five times the live data before collecting cut the relay's CPU per
-// message by about a quarter in the benchmark suite, for about 15 MB more
+// message by about a quarter in the benchmark suite, for 10 to 18 MB more
 // resident memory with the default settings (see docs/performance.md).
 const Default = 400
 
