@@ -42,6 +42,18 @@ func setup(t *testing.T) bundle {
 	return bundle{url: url, pool: pool, store: store}
 }
 
+// started is setup with the store started; it returns the recorded
+// position Start found.
+func started(t *testing.T) (bundle, relay.Position) {
+	t.Helper()
+	b := setup(t)
+	pos, err := b.store.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, pos
+}
+
 const insertSQL = `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload)
 VALUES ('order', $1, 'Tested', 'rk', convert_to($2, 'UTF8'))`
 
@@ -87,12 +99,8 @@ func readN(t *testing.T, s *Store, after relay.Position, n int) []relay.Row {
 
 func TestStoreStartRecordRead(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b, pos := started(t)
 	ctx := context.Background()
-	pos, err := b.store.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if pos != (relay.Position{}) {
 		t.Fatalf("fresh position %v, want zero", pos)
 	}
@@ -134,12 +142,8 @@ func TestStoreStartRecordRead(t *testing.T) {
 // transaction started earlier but commits later must not be skipped.
 func TestReadNeverPassesAnOpenTransaction(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b, pos := started(t)
 	ctx := context.Background()
-	pos, err := b.store.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	early, err := b.pool.Begin(ctx)
 	if err != nil {
@@ -170,12 +174,8 @@ func TestReadNeverPassesAnOpenTransaction(t *testing.T) {
 // rows whenever transaction ids gain a digit.
 func TestReadOrdersTransactionIDsAsNumbers(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b, pos := started(t)
 	ctx := context.Background()
-	pos, err := b.store.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Writers never set txid, but a test may: these ids are long finished.
 	for _, txid := range []string{"10", "9", "100", "99"} {
 		if _, err := b.pool.Exec(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, txid)
@@ -197,12 +197,8 @@ func TestReadOrdersTransactionIDsAsNumbers(t *testing.T) {
 // timestamp) instead of failing every read from there on.
 func TestReadTakesInfiniteTimestamps(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b, pos := started(t)
 	ctx := context.Background()
-	pos, err := b.store.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, at := range []string{"infinity", "-infinity", "2026-01-02 03:04:05+00"} {
 		if _, err := b.pool.Exec(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, created_at)
 			VALUES ('order', $1::text, 'Tested', 'rk', '', $1::text::timestamptz)`, at); err != nil {
@@ -223,12 +219,8 @@ func TestReadTakesInfiniteTimestamps(t *testing.T) {
 // exactly once and no rolled-back row.
 func TestReadUnderConcurrentWriters(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b, pos := started(t)
 	ctx := context.Background()
-	pos, err := b.store.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	var committed sync.Map
 	var wg sync.WaitGroup
