@@ -57,14 +57,8 @@ func (s *Store) DueHeads(ctx context.Context, limit int) ([]relay.ParkedRow, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (relay.ParkedRow, error) {
 		var p relay.ParkedRow
-		var txid, headers string
-		err := r.Scan(&p.Row.ID, &p.Attempts, &txid, &p.Row.EventID, &p.Row.AggregateType, &p.Row.AggregateID,
-			&p.Row.EventType, &p.Row.Exchange, &p.Row.RoutingKey, &p.Row.Payload, &p.Row.ContentType, &headers, timestamp{&p.Row.CreatedAt})
-		if err != nil {
-			return p, err
-		}
-		p.Row.Headers = []byte(headers)
-		p.Row.TxID, err = strconv.ParseUint(txid, 10, 64)
+		var err error
+		p.Row, err = scanRow(r, &p.Attempts)
 		return p, err
 	})
 }

@@ -3,13 +3,12 @@ package postgres
 import "fmt"
 
 // queries holds the adapter's SQL for one outbox table. Transaction ids
-// travel as text and are cast to xid8, so no driver codec for xid8 is needed.
+// go to PostgreSQL as text and are cast to xid8, which works in every pgx
+// query mode, PgBouncer's simple protocol included.
 type queries struct {
 	// read relies on outbox_pkey (txid, id), or outbox_txid_id_idx in an
 	// outbox made by an earlier version: both conditions are index
-	// conditions of one range scan, already in ORDER BY order. The
-	// text form of txid is selected under another name: ORDER BY txid
-	// would otherwise sort by that output column, as text.
+	// conditions of one range scan, already in ORDER BY order.
 	read string
 	// resolve names the table as schema.name, or NULL if it does not exist.
 	resolve string
@@ -54,13 +53,12 @@ func newQueries(t Table) queries {
 	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
 	return queries{
 		read: fmt.Sprintf(`
-SELECT o.id, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
-       o.exchange, o.routing_key, o.payload, o.content_type, o.headers::text, o.created_at
+SELECT %s
   FROM %s o
  WHERE (o.txid, o.id) > ($1::text::xid8, $2::bigint)
    AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY o.txid, o.id
- LIMIT $3`, outbox),
+ LIMIT $3`, rowColumns, outbox),
 		resolve: `
 SELECT n.nspname || '.' || c.relname
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -111,14 +109,13 @@ INSERT INTO %s (outbox_table, id, txid, aggregate_type, aggregate_id, attempts, 
 VALUES ($1, $2, $3::text::xid8, $4, $5, $6, nullif($7, ''), now() + $8 * interval '1 millisecond', $9)
 ON CONFLICT (outbox_table, id) DO NOTHING`, parked),
 		dueHeads: fmt.Sprintf(`
-SELECT h.id, h.attempts, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
-       o.exchange, o.routing_key, o.payload, o.content_type, o.headers::text, o.created_at
+SELECT h.attempts, %s
   FROM (SELECT DISTINCT ON (aggregate_type, aggregate_id) txid, id, attempts, dead, next_attempt_at
           FROM %s WHERE outbox_table = $1
          ORDER BY aggregate_type, aggregate_id, txid, id) h
   JOIN %s o ON o.txid = h.txid AND o.id = h.id
  WHERE NOT h.dead AND h.next_attempt_at <= now()
- LIMIT $2`, parked, outbox),
+ LIMIT $2`, rowColumns, parked, outbox),
 		unpark: fmt.Sprintf(`
 DELETE FROM %s WHERE outbox_table = $1 AND id = $2
    AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $3)`, parked, pos),
@@ -239,15 +236,14 @@ SELECT (SELECT count(*) FROM gone)::int, (SELECT count(*) FROM batch)::int,
 		replayBounds: fmt.Sprintf(`
 SELECT txid::text AS txid_text, id, pruned_until, coalesce(pruned_id, 0) FROM %s WHERE outbox_table = $1`, pos),
 		replayRows: fmt.Sprintf(`
-SELECT o.id, o.txid::text AS txid_text, o.event_id::text, o.aggregate_type, o.aggregate_id, o.event_type,
-       o.exchange, o.routing_key, o.payload, o.content_type, o.headers::text, o.created_at
+SELECT %s
   FROM %s o
  WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
    AND (o.txid, o.id) <= ($11::text::xid8, $12::bigint)
    AND %s
    AND NOT EXISTS (SELECT 1 FROM %s k WHERE k.outbox_table = $1 AND k.id = o.id)
  ORDER BY o.txid, o.id
- LIMIT $13`, outbox, replaySelection, parked),
+ LIMIT $13`, rowColumns, outbox, replaySelection, parked),
 		replayCounts: fmt.Sprintf(`
 SELECT (SELECT count(*) FROM %[1]s o
          WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)

@@ -124,16 +124,10 @@ func (s *Store) ReplayRows(ctx context.Context, plan ReplayPlan, sel ReplaySelec
 	defer rows.Close()
 	var out []relay.Row
 	for rows.Next() {
-		var r relay.Row
-		var txid, headers string
-		if err := rows.Scan(&r.ID, &txid, &r.EventID, &r.AggregateType, &r.AggregateID, &r.EventType,
-			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &headers, timestamp{&r.CreatedAt}); err != nil {
+		r, err := scanRow(rows)
+		if err != nil {
 			return nil, err
 		}
-		if r.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
-			return nil, fmt.Errorf("row %d: parse txid %q: %w", r.ID, txid, err)
-		}
-		r.Headers = []byte(headers)
 		out = append(out, r)
 	}
 	return out, rows.Err()

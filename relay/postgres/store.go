@@ -186,14 +186,9 @@ func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]re
 	defer rows.Close()
 	out := make([]relay.Row, 0, min(limit, 256))
 	for rows.Next() {
-		var r relay.Row
-		var txid string
-		if err := rows.Scan(&r.ID, &txid, &r.EventID, &r.AggregateType, &r.AggregateID, &r.EventType,
-			&r.Exchange, &r.RoutingKey, &r.Payload, &r.ContentType, &r.Headers, timestamp{&r.CreatedAt}); err != nil {
+		r, err := scanRow(rows)
+		if err != nil {
 			return nil, err
-		}
-		if r.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
-			return nil, fmt.Errorf("row %d: parse txid %q: %w", r.ID, txid, err)
 		}
 		out = append(out, r)
 	}

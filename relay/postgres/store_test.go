@@ -214,6 +214,72 @@ func TestReadTakesInfiniteTimestamps(t *testing.T) {
 	}
 }
 
+// TestReadInEveryQueryMode: rows read the same in each of pgx's query
+// modes, the simple protocol of PgBouncer users included, where every
+// column comes as text instead of in binary, and they match what
+// PostgreSQL prints for each column.
+func TestReadInEveryQueryMode(t *testing.T) {
+	t.Parallel()
+	b, pos := started(t)
+	ctx := context.Background()
+	if _, err := b.pool.Exec(ctx, `
+INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, exchange, routing_key, payload, content_type, headers, created_at)
+VALUES ('0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9', 'order', 'ö-1', 'Placed', NULL, 'rk.1', '\x00ff', 'application/json',
+        '{"tenant": "acme", "n": 1.50, "ok": true, "say": "a\"b\u00e9"}', '2026-01-02 03:04:05.123456+00'),
+       ('ffffffff-ffff-ffff-ffff-ffffffffffff', 'user', '', 'Gone', 'events', '', '', 'text/plain', '{}', 'infinity')`); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	rows, err := b.pool.Query(ctx, `
+SELECT concat_ws('|', id, txid, event_id, aggregate_type, aggregate_id, event_type, coalesce(exchange, '<nil>'),
+                 routing_key, encode(payload, 'hex'), content_type, headers,
+                 CASE WHEN isfinite(created_at) THEN to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') ELSE 'zero' END)
+  FROM outbox ORDER BY txid, id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, s)
+	}
+	if err := rows.Err(); err != nil || len(want) != 2 {
+		t.Fatalf("expected rows: %d, %v", len(want), err)
+	}
+	for _, mode := range []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"} {
+		t.Run(mode, func(t *testing.T) {
+			sep := "?"
+			if strings.Contains(b.url, "?") {
+				sep = "&"
+			}
+			store, err := Open(Config{URL: b.url + sep + "default_query_exec_mode=" + mode, Table: Table{Name: "outbox"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			if _, err := store.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range readN(t, store, pos, 2) {
+				exchange, at := "<nil>", "zero"
+				if r.Exchange != nil {
+					exchange = *r.Exchange
+				}
+				if !r.CreatedAt.IsZero() {
+					at = r.CreatedAt.UTC().Format("2006-01-02 15:04:05.000000")
+				}
+				got := strings.Join([]string{fmt.Sprint(r.ID), fmt.Sprint(r.TxID), r.EventID, r.AggregateType, r.AggregateID,
+					r.EventType, exchange, r.RoutingKey, fmt.Sprintf("%x", r.Payload), r.ContentType, string(r.Headers), at}, "|")
+				if got != want[i] {
+					t.Errorf("row %d read as\n  %s\nwant\n  %s", i, got, want[i])
+				}
+			}
+		})
+	}
+}
+
 // TestReadUnderConcurrentWriters: 32 writers with random commit delays and
 // rollbacks, a reader that follows along; it must read every committed row
 // exactly once and no rolled-back row.
