@@ -255,14 +255,29 @@ func (rs results) median(i int) float64 {
 // ratio returns the median over the rounds of kind i's rate over kind
 // base's in the same round: runs of one round ran minutes apart at most,
 // so their ratio is steadier than a ratio of medians.
-func (rs results) ratio(i, base int) float64 {
+func (rs results) ratio(i, base int) float64 { return median(rs.ratios(i, base)) }
+
+// ratios returns kind i's rate over kind base's, round by round.
+func (rs results) ratios(i, base int) []float64 {
 	var rr []float64
 	for round := range rs[i] {
 		if rs[base][round].rate > 0 {
 			rr = append(rr, rs[i][round].rate/rs[base][round].rate)
 		}
 	}
-	return median(rr)
+	return rr
+}
+
+// ratioText formats kind i's ratio to kind base, the median of the rounds,
+// with the lowest and highest round: "0.97 × raw (rounds 0.90 to 1.04)".
+// The spread says how far one round's ratio can be trusted on this
+// machine.
+func (rs results) ratioText(i, base int, of string) string {
+	rr := rs.ratios(i, base)
+	if len(rr) < 2 {
+		return times(median(rr)) + " " + of
+	}
+	return fmt.Sprintf("%s %s (rounds %.2f to %.2f)", times(median(rr)), of, slices.Min(rr), slices.Max(rr))
 }
 
 // cpu returns kind i's median CPU use, party by party.
@@ -292,10 +307,10 @@ func measureClassic(t *testing.T, s *suite) {
 	s.add(row{what: "raw amqp091-go publisher, classic queue, 1 channel, window 1000 (100k msgs)",
 		figure: perSecond(rs.median(0), "msgs/s"), ratio: "1 (base)"})
 	s.add(row{what: "relay drains a 100k backlog, classic queue, batch 500 (window 1000)",
-		figure: perSecond(rs.median(1), "rows/s"), ratio: times(rs.ratio(1, 0)) + " raw",
+		figure: perSecond(rs.median(1), "rows/s"), ratio: rs.ratioText(1, 0, "raw"),
 		goal: "≥ 0.95 × raw", met: yesNo(rs.ratio(1, 0) >= 0.95)})
 	s.add(row{what: "relay, classic queue, RELAY_CHANNELS=2",
-		figure: perSecond(rs.median(2), "rows/s"), ratio: times(rs.ratio(2, 1)) + " 1 channel",
+		figure: perSecond(rs.median(2), "rows/s"), ratio: rs.ratioText(2, 1, "1 channel"),
 		goal: "none: one classic queue is one process"})
 	s.addCPU(rs, 0, 1, classic)
 }
@@ -310,11 +325,11 @@ func measureQuorum(t *testing.T, s *suite) {
 	s.add(row{what: "raw publisher, quorum queue, 1 channel, window 1000",
 		figure: perSecond(rs.median(0), "msgs/s"), ratio: "1 (base)"})
 	s.add(row{what: "relay drains a 100k backlog, quorum queue, 1 channel",
-		figure: perSecond(rs.median(1), "rows/s"), ratio: times(rs.ratio(1, 0)) + " raw",
+		figure: perSecond(rs.median(1), "rows/s"), ratio: rs.ratioText(1, 0, "raw"),
 		goal: "≥ 0.95 × raw", met: yesNo(rs.ratio(1, 0) >= 0.95)})
 	s.addCPU(rs, 0, 1, quorum)
 	s.add(row{what: "diagnostic: the same drain with the backlog read into memory beforehand (reads cost nothing; position writes as usual)",
-		figure: perSecond(rs.median(2), "rows/s"), ratio: times(rs.ratio(2, 0)) + " raw"})
+		figure: perSecond(rs.median(2), "rows/s"), ratio: rs.ratioText(2, 0, "raw")})
 }
 
 // measureChannels: measurement 4, several channels on a quorum queue. The
@@ -334,7 +349,7 @@ func measureChannels(t *testing.T, s *suite) {
 		s.add(row{what: fmt.Sprintf("raw publisher, quorum queue, %d channels, window %d each", n, window/n),
 			figure: perSecond(rs.median(0), "msgs/s"), ratio: raw1})
 		s.add(row{what: fmt.Sprintf("relay, quorum queue, RELAY_CHANNELS=%d", n),
-			figure: perSecond(rs.median(1), "rows/s"), ratio: times(rs.ratio(1, 0)) + " raw",
+			figure: perSecond(rs.median(1), "rows/s"), ratio: rs.ratioText(1, 0, "raw"),
 			goal: "≥ 0.9 × raw", met: yesNo(rs.ratio(1, 0) >= 0.9)})
 	}
 }

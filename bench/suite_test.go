@@ -24,7 +24,7 @@ var (
 	suiteFlag  = flag.Bool("bench.suite", false, "run the benchmark suite (make bench); without it TestSuite skips")
 	longFlag   = flag.Bool("bench.long", false, "long version: more rounds, longer runs, a 1,000,000-row backlog")
 	outFlag    = flag.String("bench.out", "../bench-results.md", "file the results table is written to")
-	roundsFlag = flag.Int("bench.rounds", 0, "rounds of each raw/relay pair instead of the mode's (2 quick, 5 long)")
+	roundsFlag = flag.Int("bench.rounds", 0, "rounds of each raw/relay pair instead of the mode's (2 quick, 9 long)")
 	onlyFlag   = flag.String("bench.only", "", "run only the measurements whose name matches this regexp (drain, quorum, channels, read, latency, writer-cost, memory, write)")
 )
 
@@ -42,7 +42,7 @@ type mode struct {
 var (
 	quick = mode{name: "quick", rounds: 2, latencyFor: 5 * time.Second, writerRounds: 3, writerSeconds: 10,
 		scaleRows: []int{100_000}, writeFor: 2 * time.Second}
-	long = mode{name: "long", rounds: 5, latencyFor: 30 * time.Second, writerRounds: 5, writerSeconds: 20,
+	long = mode{name: "long", rounds: 9, latencyFor: 30 * time.Second, writerRounds: 5, writerSeconds: 20,
 		scaleRows: []int{100_000, 1_000_000}, writeFor: 10 * time.Second}
 )
 
