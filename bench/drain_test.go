@@ -293,7 +293,11 @@ func (rs results) cpu(i int) cpuUse {
 // relay run (kind rel) cost per 100k messages.
 func (s *suite) addCPU(rs results, raw, rel int, queueType string) {
 	r, l := rs.cpu(raw), rs.cpu(rel)
-	s.add(row{what: fmt.Sprintf("CPU seconds per 100k messages, %s queue, 1 channel (%d cores for all)", queueType, runtime.NumCPU()),
+	cores := fmt.Sprintf("%d cores for all", runtime.NumCPU())
+	if pinning() != "" {
+		cores = "broker and the rest pinned apart"
+	}
+	s.add(row{what: fmt.Sprintf("CPU seconds per 100k messages, %s queue, 1 channel (%s)", queueType, cores),
 		figure: "raw: " + s.cpu.describe(r, backlogRows, "publisher") + "; relay: " + s.cpu.describe(l, backlogRows, "relay"),
 		ratio:  ratio(l.broker+l.postgres+l.self, r.broker+r.postgres+r.self) + " raw (total)"})
 }

@@ -176,9 +176,36 @@ func (s *suite) describeMachine(t *testing.T) {
 		conn.Close()
 	}
 	load, _ := os.ReadFile("/proc/loadavg")
-	s.machine = fmt.Sprintf("%d cores, %s (GOGC %s), RabbitMQ %s, PostgreSQL %s, %s, load average %s at start",
-		runtime.NumCPU(), runtime.Version(), s.gogc, s.rabbitVersion, pgVersion, time.Now().Format("2006-01-02 15:04 MST"),
+	s.machine = fmt.Sprintf("%d cores%s, %s (GOGC %s), RabbitMQ %s, PostgreSQL %s, %s, load average %s at start",
+		machineCores(), pinning(), runtime.Version(), s.gogc, s.rabbitVersion, pgVersion, time.Now().Format("2006-01-02 15:04 MST"),
 		strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
+}
+
+// machineCores counts the machine's CPUs, which runtime.NumCPU does not
+// when the suite is pinned to some of them.
+func machineCores() int {
+	info, _ := os.ReadFile("/proc/cpuinfo")
+	n := 0
+	for line := range strings.Lines(string(info)) {
+		if strings.HasPrefix(line, "processor") {
+			n++
+		}
+	}
+	if n == 0 {
+		return runtime.NumCPU()
+	}
+	return n
+}
+
+// pinning describes where make bench BENCH_PIN=1 put the servers and the
+// suite (scripts/servers.sh's SERVERS_BROKER_CPUS and SERVERS_OTHER_CPUS),
+// or nothing when they share every CPU.
+func pinning() string {
+	broker, other := os.Getenv("SERVERS_BROKER_CPUS"), os.Getenv("SERVERS_OTHER_CPUS")
+	if broker == "" || other == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (broker pinned to CPU %s; PostgreSQL, the relay and the raw publisher to CPU %s)", broker, other)
 }
 
 // median returns the median of xs (the mean of the middle two for an even

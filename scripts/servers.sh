@@ -21,6 +21,11 @@
 #
 # When run as root, the servers run as the "postgres" and "rabbitmq" users,
 # and missing server packages are installed with apt-get.
+#
+# SERVERS_BROKER_CPUS and SERVERS_OTHER_CPUS (taskset lists, e.g. 0 and 1-3)
+# pin the throwaway broker to the first, and the throwaway PostgreSQL and
+# CMD to the second, as if the broker ran on a machine of its own. Servers
+# named by the variables above are never pinned.
 set -euo pipefail
 
 readonly start_timeout=90 # seconds to wait for each server to be ready
@@ -29,6 +34,11 @@ log() { printf 'servers.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 is_root() { [ "$(id -u)" = 0 ]; }
+
+# pin_other prefixes a command that should run on SERVERS_OTHER_CPUS.
+pin_other=()
+if [ -n "${SERVERS_OTHER_CPUS:-}" ]; then pin_other=(taskset -c "$SERVERS_OTHER_CPUS"); fi
+
 
 # as_user USER CMD... runs CMD as USER when we are root, else as ourselves.
 as_user() {
@@ -130,7 +140,7 @@ pg_start() {
 	fi
 	port=$(free_port)
 	# -w waits until the server accepts connections (pg_isready's check).
-	if ! as_user postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t $start_timeout \
+	if ! as_user postgres "${pin_other[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t $start_timeout \
 		-o "-p $port -k $dir/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c log_min_messages=warning" \
 		start >"$dir/pg_ctl.log" 2>&1; then
 		cat "$dir/pg_ctl.log" "$dir/postgres.log" >&2 || true
@@ -236,6 +246,7 @@ rabbit_start() {
 	# (-detached would lose the server's early output and its exit status.)
 	local -a launch=(env "${env[@]}" "$bin/rabbitmq-server")
 	if is_root; then launch=(runuser -u "$user" -- "${launch[@]}"); fi
+	if [ -n "${SERVERS_BROKER_CPUS:-}" ]; then launch=(taskset -c "$SERVERS_BROKER_CPUS" "${launch[@]}"); fi
 	setsid "${launch[@]}" >"$dir/server.out" 2>&1 </dev/null &
 	echo $! >"$dir/launcher.pid"
 }
@@ -284,6 +295,10 @@ rabbit_stop() {
 # start_servers DIR starts what the environment does not name already.
 start_servers() {
 	local dir=$1 t0=$SECONDS
+	if [ -n "${SERVERS_BROKER_CPUS:-}${SERVERS_OTHER_CPUS:-}" ] &&
+		[ -n "${RELAY_TEST_AMQP_URL:-}${RELAY_TEST_DATABASE_URL:-}" ]; then
+		die "SERVERS_BROKER_CPUS and SERVERS_OTHER_CPUS pin only servers started here; unset RELAY_TEST_AMQP_URL and RELAY_TEST_DATABASE_URL"
+	fi
 	mkdir -p "$dir"
 	chmod 755 "$dir" # the server users must reach their subdirectories
 	if [ -z "${RELAY_TEST_AMQP_URL:-}" ]; then
@@ -331,7 +346,7 @@ cmd_run() {
 	trap 'exit 143' TERM
 	start_servers "$SERVERS_DIR"
 	local rc=0
-	"$@" || rc=$?
+	"${pin_other[@]}" "$@" || rc=$?
 	exit $rc
 }
 
