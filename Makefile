@@ -45,7 +45,7 @@ BENCH_ONLY   ?=
 # suite to the other CPUs, as if the broker had a machine of its own.
 BENCH_PIN    ?=
 bench:
-	$(if $(filter 1,$(BENCH_PIN)),SERVERS_BROKER_CPUS=0 SERVERS_OTHER_CPUS=$$(seq -s, 1 $$(($$(nproc --all) - 1)))) \
+	$(if $(filter 1,$(BENCH_PIN)),SERVERS_BROKER_CPUS=0 SERVERS_OTHER_CPUS=$$(seq -s, 1 $$(($$(nproc) - 1)))) \
 	scripts/servers.sh run -- $(GO) test -count=1 -timeout 60m -run '^TestSuite$$' -v ./bench/ \
 		-args -bench.suite -bench.out=$(BENCH_OUT) -bench.rounds=$(BENCH_ROUNDS) \
 		-bench.only='$(BENCH_ONLY)' $(if $(filter 1,$(BENCH_LONG)),-bench.long)

@@ -181,9 +181,12 @@ func (s *suite) describeMachine(t *testing.T) {
 		strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
 }
 
-// machineCores counts the machine's CPUs, which runtime.NumCPU does not
-// when the suite is pinned to some of them.
+// machineCores counts the CPUs the suite may use, or, when make bench
+// BENCH_PIN=1 pinned it to some of them, the machine's.
 func machineCores() int {
+	if pinning() == "" {
+		return runtime.NumCPU()
+	}
 	info, _ := os.ReadFile("/proc/cpuinfo")
 	n := 0
 	for line := range strings.Lines(string(info)) {

@@ -296,6 +296,10 @@ rabbit_stop() {
 start_servers() {
 	local dir=$1 t0=$SECONDS
 	if [ -n "${SERVERS_BROKER_CPUS:-}${SERVERS_OTHER_CPUS:-}" ] &&
+		{ [ -z "${SERVERS_BROKER_CPUS:-}" ] || [ -z "${SERVERS_OTHER_CPUS:-}" ]; }; then
+		die "set both SERVERS_BROKER_CPUS and SERVERS_OTHER_CPUS, or neither (pinning needs two CPUs)"
+	fi
+	if [ -n "${SERVERS_BROKER_CPUS:-}${SERVERS_OTHER_CPUS:-}" ] &&
 		[ -n "${RELAY_TEST_AMQP_URL:-}${RELAY_TEST_DATABASE_URL:-}" ]; then
 		die "SERVERS_BROKER_CPUS and SERVERS_OTHER_CPUS pin only servers started here; unset RELAY_TEST_AMQP_URL and RELAY_TEST_DATABASE_URL"
 	fi
