@@ -16,7 +16,7 @@ import (
 // booleans, as PostgreSQL prints a jsonb object) is scanned by hand. Anything
 // else, escapes and every error included, goes through encoding/json, which
 // stays the reference: the scan only ever accepts what it accepts, with the
-// same result (FuzzScanFlat checks this).
+// same result (FuzzParseHeaders checks this).
 func parseHeaders(raw []byte) (map[string]any, error) {
 	headers := make(map[string]any, 4)
 	raw = bytes.Trim(raw, jsonSpace)
