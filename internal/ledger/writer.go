@@ -106,7 +106,7 @@ VALUES ('ledger', $1, 'Tested', $2, $3) RETURNING event_id::text`, agg, w.Routin
 		for i, e := range batch {
 			ids[i] = e.id
 		}
-		committed, lerr := w.lookUp(ctx, ids)
+		committed, lerr := lookUp(ctx, w.Pool, "writer "+w.Name, ids)
 		if lerr != nil {
 			return lerr
 		}
@@ -135,7 +135,7 @@ var errUndecided = errors.New("commit outcome cannot be decided")
 // crash the dying server may still answer, from before the commit record it
 // already wrote became visible. So the answer must hold twice, half a second
 // apart, from the same server incarnation (same postmaster start time).
-func (w *Writer) lookUp(ctx context.Context, ids []string) (bool, error) {
+func lookUp(ctx context.Context, pool *pgxpool.Pool, who string, ids []string) (bool, error) {
 	ctx = context.WithoutCancel(ctx)
 	deadline := time.Now().Add(2 * time.Minute)
 	type answer struct {
@@ -145,7 +145,7 @@ func (w *Writer) lookUp(ctx context.Context, ids []string) (bool, error) {
 	var last *answer
 	for {
 		var a answer
-		err := w.Pool.QueryRow(ctx, `SELECT count(*), pg_postmaster_start_time() FROM outbox WHERE event_id::text = ANY($1)`, ids).Scan(&a.n, &a.start)
+		err := pool.QueryRow(ctx, `SELECT count(*), pg_postmaster_start_time() FROM outbox WHERE event_id::text = ANY($1)`, ids).Scan(&a.n, &a.start)
 		same := err == nil && last != nil && last.n == a.n && last.start.Equal(a.start)
 		switch {
 		case same && a.n == len(ids):
@@ -153,11 +153,11 @@ func (w *Writer) lookUp(ctx context.Context, ids []string) (bool, error) {
 		case same && a.n == 0:
 			return false, nil
 		case err == nil && a.n != 0 && a.n != len(ids):
-			return false, fmt.Errorf("writer %s: %w: %d of %d events of one transaction exist", w.Name, errUndecided, a.n, len(ids))
+			return false, fmt.Errorf("%s: %w: %d of %d events of one transaction exist", who, errUndecided, a.n, len(ids))
 		case err == nil:
 			last = &a
 		case time.Now().After(deadline):
-			return false, fmt.Errorf("writer %s: %w: %w", w.Name, errUndecided, err)
+			return false, fmt.Errorf("%s: %w: %w", who, errUndecided, err)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
