@@ -26,11 +26,25 @@ CREATE TABLE IF NOT EXISTS outbox (
     headers        jsonb       NOT NULL DEFAULT '{}',
     created_at     timestamptz NOT NULL DEFAULT now(),
     txid           xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    lock_keys      text        NULL DEFAULT nullif(current_setting('outbox_relay.lock_keys', true), ''),
     -- The relay reads in (txid, id) order: keyed so, the primary key is
     -- also the relay's index, and writers maintain no index of its own.
     CONSTRAINT outbox_pkey PRIMARY KEY (txid, id),
     CONSTRAINT outbox_headers_object CHECK (jsonb_typeof(headers) = 'object')
 );
+
+-- An outbox created before ordering locks gets its lock_keys column here,
+-- once: the check keeps later runs from taking the table's exclusive lock.
+-- The default is not volatile, so existing rows take NULL without a rewrite.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = 'outbox'::regclass AND attname = 'lock_keys' AND NOT attisdropped) THEN
+        ALTER TABLE outbox ADD COLUMN lock_keys text NULL
+            DEFAULT nullif(current_setting('outbox_relay.lock_keys', true), '');
+    END IF;
+END;
+$$;
 
 COMMENT ON TABLE outbox IS
     'Transactional outbox: services insert one row per event in the same transaction as their state change; outbox-relay publishes each committed row to RabbitMQ.';
@@ -53,11 +67,13 @@ COMMENT ON COLUMN outbox.payload IS
 COMMENT ON COLUMN outbox.content_type IS
     'AMQP content_type property.';
 COMMENT ON COLUMN outbox.headers IS
-    'A flat JSON object; each key becomes an AMQP header. Values must be strings, numbers or booleans (enforced by outbox_headers_flat). The relay sets aggregate_type, aggregate_id and outbox_id itself, overriding keys of those names.';
+    'A flat JSON object; each key becomes an AMQP header. Values must be strings, numbers or booleans: the relay parks a row whose values it cannot map as dead, with the reason. The relay sets aggregate_type, aggregate_id and outbox_id itself, overriding keys of those names.';
 COMMENT ON COLUMN outbox.created_at IS
     'Published as the AMQP timestamp property (whole seconds).';
 COMMENT ON COLUMN outbox.txid IS
     'Relay-owned: the writer''s transaction id, set by its default. The relay reads only rows whose transaction is older than every transaction still running, in (txid, id) order, so rows that commit out of id order are never skipped. Writers never set it.';
+COMMENT ON COLUMN outbox.lock_keys IS
+    'Relay-owned: the ordering locks (outbox_aggregate_key values, comma-separated) that the writing transaction took with outbox_lock before its first write, set by its default; NULL when it took none. The relay checks that each row''s aggregate is among them and reports rows it cannot vouch for (outbox_relay_unlocked_rows_total). Writers never set it.';
 COMMENT ON INDEX outbox_pkey IS
     'Primary key on (txid, id), the publishing order: the relay reads the rows after its recorded position as a range scan of it.';
 COMMENT ON INDEX outbox_event_id_key IS
@@ -155,6 +171,57 @@ CREATE INDEX IF NOT EXISTS outbox_relay_parked_order_idx
 
 COMMENT ON INDEX outbox_relay_parked_order_idx IS
     'Serves finding the first parked row of each aggregate, in publishing order.';
+
+-- Ordering locks. The relay publishes in (txid, id) order, and PostgreSQL
+-- assigns a transaction its id at its first write, which for UPDATE and
+-- SELECT ... FOR UPDATE is before they wait for a row lock: the row lock
+-- alone does not make ids follow commit order. An advisory lock assigns no
+-- id, so a transaction that takes its aggregates' advisory locks before its
+-- first write and holds them to COMMIT gets an id larger than that of every
+-- earlier transaction of those aggregates: id order is commit order.
+CREATE OR REPLACE FUNCTION outbox_aggregate_key(aggregate_type text, aggregate_id text) RETURNS bigint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT hashtextextended(aggregate_id COLLATE "C", hashtextextended(aggregate_type COLLATE "C", 0))
+$$;
+
+COMMENT ON FUNCTION outbox_aggregate_key(text, text) IS
+    'The 64-bit key of an aggregate: PostgreSQL''s hashtextextended of the id, seeded with that of the type (bytes as stored, collation "C"). outbox_lock locks it; outbox.lock_keys records it.';
+
+CREATE OR REPLACE FUNCTION outbox_lock(VARIADIC aggregates text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    n    int := cardinality(aggregates);
+    keys bigint[];
+    key  bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'outbox_lock: this transaction has already written (it has transaction id %), so the lock cannot order its events',
+                pg_current_xact_id_if_assigned()
+            USING ERRCODE = '55000',
+                  HINT = 'Call outbox_lock right after BEGIN, before any INSERT, UPDATE, DELETE or SELECT ... FOR UPDATE.';
+    END IF;
+    IF n = 2 THEN -- one aggregate, the common case: no query to plan
+        keys := ARRAY[hashtextextended(aggregates[2] COLLATE "C", hashtextextended(aggregates[1] COLLATE "C", 0))];
+    ELSIF n % 2 = 0 THEN
+        -- In key order, so that transactions locking several aggregates
+        -- cannot deadlock on each other.
+        keys := ARRAY(SELECT DISTINCT hashtextextended(aggregates[2 * i] COLLATE "C", hashtextextended(aggregates[2 * i - 1] COLLATE "C", 0))
+                        FROM generate_series(1, n / 2) AS i ORDER BY 1);
+    END IF;
+    IF keys IS NULL OR array_position(keys, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'outbox_lock: want aggregate type and id pairs, none NULL, e.g. outbox_lock(''order'', ''42'')'
+            USING ERRCODE = '22023';
+    END IF;
+    FOREACH key IN ARRAY keys LOOP
+        PERFORM pg_advisory_xact_lock(key);
+    END LOOP;
+    PERFORM set_config('outbox_relay.lock_keys',
+        concat_ws(',', nullif(current_setting('outbox_relay.lock_keys', true), ''), array_to_string(keys, ',')), true);
+END;
+$$;
+
+COMMENT ON FUNCTION outbox_lock(text[]) IS
+    'Takes the ordering locks of aggregates given as type and id pairs (outbox_lock(''order'', ''42'', ...)), in key order, until the end of the transaction, and records them for the outbox rows it writes (lock_keys). Call it before the transaction''s first write, or it fails: then the events of each aggregate are published in commit order. Lock every aggregate of a transaction in one call.';
 
 -- Optional low-latency wake-up. The relay always LISTENs on the channel
 -- outbox_relay and always polls as well, so this trigger is not created by

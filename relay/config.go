@@ -63,6 +63,11 @@ type Config struct {
 	// failed round or start.
 	RetryMin, RetryMax time.Duration
 
+	// LockCheck is what the relay does about rows written without their
+	// aggregate's ordering lock: LockCheckWarn (the default) or
+	// LockCheckCount.
+	LockCheck LockCheck
+
 	// Wake, if set, wakes the relay early: a value means rows may have been
 	// committed. It is a hint; polling guarantees progress without it.
 	Wake <-chan struct{}
@@ -142,6 +147,9 @@ func (c Config) WithDefaults() Config {
 	if c.RetryMax == 0 {
 		c.RetryMax = max(DefaultRetryMax, c.RetryMin)
 	}
+	if c.LockCheck == "" {
+		c.LockCheck = LockCheckWarn
+	}
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
@@ -170,6 +178,9 @@ func (c Config) Validate() error {
 		return &ConfigError{"LeaseTimeout", fmt.Sprintf("must be at least 100ms, got %s", c.LeaseTimeout)}
 	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
 		return &ConfigError{"RetryMin", fmt.Sprintf("must be positive and at most RetryMax, got %s..%s", c.RetryMin, c.RetryMax)}
+	}
+	if err := validLockCheck(c.LockCheck); err != nil {
+		return &ConfigError{"LockCheck", err.Error()}
 	}
 	return nil
 }

@@ -25,6 +25,9 @@ type Observer interface {
 	// Blocked reports that the broker started (true) or stopped blocking
 	// publishers.
 	Blocked(bool)
+	// Unlocked reports n rows recorded as published whose transaction did
+	// not take their aggregate's ordering lock before its first write.
+	Unlocked(n int)
 }
 
 // Failure is why publishing failed.
@@ -76,3 +79,4 @@ func (nopObserver) Sent(int)                     {}
 func (nopObserver) Confirmed(int, time.Duration) {}
 func (nopObserver) Failed(Failure)               {}
 func (nopObserver) Blocked(bool)                 {}
+func (nopObserver) Unlocked(int)                 {}

@@ -20,6 +20,7 @@ type counting struct {
 	confirmed int
 	latencies int
 	failed    map[relay.Failure]int
+	unlocked  int
 }
 
 func (c *counting) Alive() { c.mu.Lock(); c.alive++; c.mu.Unlock() }
@@ -45,7 +46,8 @@ func (c *counting) Failed(f relay.Failure) {
 	}
 	c.failed[f]++
 }
-func (c *counting) Blocked(bool) {}
+func (c *counting) Blocked(bool)   {}
+func (c *counting) Unlocked(n int) { c.mu.Lock(); c.unlocked += n; c.mu.Unlock() }
 
 // failingRead fails the first read of the outbox, as a dropped database
 // connection does.

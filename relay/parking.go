@@ -126,6 +126,7 @@ func (p *pipeline) retryOne(ctx context.Context, h ParkedRow) error {
 		if err != nil {
 			return errorf(ctx, "unpark row %d: %w", row.ID, storeError{err})
 		}
+		p.r.unlocked([]Row{row}, time.Now())
 		if remaining == 0 {
 			delete(p.parked, row.Aggregate())
 			p.r.log.Info("parked aggregate drained", "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID)

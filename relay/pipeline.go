@@ -338,6 +338,7 @@ func (p *pipeline) record(finish context.Context) error {
 	var failure error
 	var park []Parked
 	var confirmed []flightDone
+	var published [][]Row
 	pos := p.r.pos
 	for len(p.flights) > 0 {
 		f := p.flights[0]
@@ -351,6 +352,7 @@ func (p *pipeline) record(finish context.Context) error {
 			park = append(park, f.park...)
 			if !f.sent.IsZero() {
 				confirmed = append(confirmed, flightDone{n, time.Since(f.sent)})
+				published = append(published, f.rows[:n])
 			}
 		}
 		if err != nil && p.probe && len(f.rows) == 1 && n == 0 && errors.Is(err, ErrRejected) {
@@ -383,7 +385,7 @@ func (p *pipeline) record(finish context.Context) error {
 		}
 	}
 	if recorded > 0 {
-		p.enqueue(posWrite{pos: pos, rows: recorded, park: park, confirmed: confirmed})
+		p.enqueue(posWrite{pos: pos, rows: recorded, park: park, confirmed: confirmed, published: published})
 	}
 	return failure
 }
@@ -395,6 +397,7 @@ type posWrite struct {
 	rows      int
 	park      []Parked
 	confirmed []flightDone
+	published [][]Row // the rows the broker confirmed, for the lock report
 }
 
 // writeTimeout bounds one position write.
@@ -415,6 +418,7 @@ func (p *pipeline) enqueue(w posWrite) {
 		q.rows += w.rows
 		q.park = append(q.park, w.park...)
 		q.confirmed = append(q.confirmed, w.confirmed...)
+		q.published = append(q.published, w.published...)
 	}
 }
 
@@ -448,6 +452,10 @@ func (p *pipeline) wrote(err error) error {
 	p.progressed = true
 	for _, c := range w.confirmed {
 		p.r.cfg.Observer.Confirmed(c.rows, c.latency)
+	}
+	now := time.Now()
+	for _, rows := range w.published {
+		p.r.unlocked(rows, now)
 	}
 	p.r.log.Debug("recorded", "position", w.pos.String(), "rows", w.rows, "parked", len(w.park))
 	if h := p.r.cfg.Hooks.Recorded; h != nil {

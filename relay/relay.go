@@ -97,6 +97,7 @@ type Relay struct {
 	// again; it outlives a lease lost meanwhile, so the recovery is
 	// reported whichever term of leadership it comes in.
 	failing error
+	locks   lockReport // rows published without their ordering lock
 }
 
 // New returns a Relay, or the first configuration problem.
@@ -105,7 +106,16 @@ func New(cfg Config, store Store, pub Publisher) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Relay{cfg: cfg, store: store, pub: pub, log: cfg.Logger}, nil
+	return &Relay{cfg: cfg, store: store, pub: pub, log: cfg.Logger,
+		locks: lockReport{log: cfg.Logger, quiet: cfg.LockCheck == LockCheckCount}}, nil
+}
+
+// unlocked reports the rows among rows, just recorded as published, whose
+// transaction did not take their aggregate's ordering lock.
+func (r *Relay) unlocked(rows []Row, now time.Time) {
+	if n := r.locks.add(rows, now); n > 0 {
+		r.cfg.Observer.Unlocked(n)
+	}
 }
 
 // Run publishes until ctx is cancelled, then stops reading and waits up to
@@ -128,6 +138,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		r.pos = pos
 		err := r.lead(ctx, deadline, parked)
+		r.locks.flush(time.Now())
 		if !errors.Is(err, ErrLeaseLost) {
 			return err
 		}

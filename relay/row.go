@@ -35,6 +35,9 @@ type Row struct {
 	ContentType   string
 	Headers       []byte // the row's headers as JSON text
 	CreatedAt     time.Time
+	// Lock says whether the row's transaction took its aggregate's
+	// ordering lock before its first write.
+	Lock Lock
 }
 
 // Position returns the row's place in publishing order.

@@ -26,6 +26,7 @@ type env struct {
 	PollInterval    time.Duration `envconfig:"POLL_INTERVAL" default:"100ms" desc:"Longest wait between reads of an idle outbox. After finding rows the relay polls again within 1ms, doubling the wait while nothing arrives."`
 	MaxAttempts     int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"Failed publish attempts before a rejected row is dead (retried with backoff from 1s, doubling up to 5m; see outbox-relay dead)."`
 	LeaseTimeout    time.Duration `envconfig:"LEASE_TIMEOUT" default:"10s" desc:"How long a dead replica's lease blocks others: a standby takes over within this after the leader dies. The leader renews every third of it."`
+	LockCheck       string        `envconfig:"LOCK_CHECK" default:"warn" desc:"What the relay does about rows whose transaction did not take its aggregate's ordering lock (outbox_lock, or outbox.Begin) before its first write, whose commit order it cannot vouch for: warn counts them in outbox_relay_unlocked_rows_total and logs a summary naming their aggregates at most every 30s; count only counts them."`
 	ReplicaName     string        `envconfig:"REPLICA_NAME" default:"" desc:"This replica's name in the lease and in status; empty means the host name. Must differ between running replicas: a replica named like the lease holder takes over at once (a restart)."`
 	Retention       time.Duration `envconfig:"RETENTION" default:"168h" desc:"How long published rows are kept (from created_at) before the lease holder deletes them, in small batches, every minute (or a quarter of the retention if shorter); pending, parked and dead rows are never deleted. 0 disables deletion."`
 	HTTPAddr        string        `envconfig:"HTTP_ADDR" default:"" desc:"Address for /metrics, /healthz and /readyz, e.g. :9090; empty disables them."`
@@ -124,6 +125,7 @@ func (e *env) relayConfig() (relay.Config, error) {
 		ShutdownTimeout: e.ShutdownTimeout,
 		LeaseTimeout:    e.LeaseTimeout,
 		MaxAttempts:     e.MaxAttempts,
+		LockCheck:       relay.LockCheck(e.LockCheck),
 	}
 	// Zero would silently mean "default" to the relay; from the
 	// environment it is a mistake.
@@ -138,7 +140,7 @@ func (e *env) relayConfig() (relay.Config, error) {
 	if err := cfg.WithDefaults().Validate(); err != nil {
 		return cfg, fieldError(err, map[string]string{
 			"BatchSize": "BATCH_SIZE", "PollInterval": "POLL_INTERVAL", "MinPoll": "POLL_INTERVAL",
-			"ShutdownTimeout": "SHUTDOWN_TIMEOUT", "LeaseTimeout": "LEASE_TIMEOUT",
+			"ShutdownTimeout": "SHUTDOWN_TIMEOUT", "LeaseTimeout": "LEASE_TIMEOUT", "LockCheck": "LOCK_CHECK",
 		})
 	}
 	return cfg, nil

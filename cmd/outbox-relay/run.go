@@ -105,6 +105,7 @@ func newMain(e *env, log *slog.Logger) (*Main, error) {
 		return nil, err
 	}
 	m := &Main{env: e, log: log}
+	storeCfg.Logger = log
 	if m.store, err = postgres.Open(storeCfg); err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}

@@ -38,6 +38,7 @@ type Metrics struct {
 	dead             prometheus.Gauge
 	holdupAge        prometheus.Gauge
 	retentionDeleted prometheus.Counter
+	unlocked         prometheus.Counter
 
 	health
 }
@@ -87,6 +88,9 @@ func New(brokerUp func() bool) *Metrics {
 		"Age of the oldest transaction holding committed rows back from publishing; 0 when none does.")
 	m.retentionDeleted = f.NewCounter(prometheus.CounterOpts{Name: "retention_deleted_rows_total",
 		Help: "Published rows deleted by retention."})
+	m.unlocked = f.NewCounter(prometheus.CounterOpts{Name: "unlocked_rows_total",
+		Help: "Rows published whose transaction did not take their aggregate's ordering lock (outbox_lock) before its first write: " +
+			"their order among concurrent writers of the aggregate is not guaranteed."})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -163,6 +167,9 @@ func (m *Metrics) Blocked(b bool) {
 	defer m.mu.Unlock()
 	m.isBlocked = b
 }
+
+// Unlocked counts rows published without their ordering lock.
+func (m *Metrics) Unlocked(n int) { m.unlocked.Add(float64(n)) }
 
 var _ relay.Observer = (*Metrics)(nil)
 

@@ -12,8 +12,11 @@ type queries struct {
 	read string
 	// resolve names the table as schema.name, or NULL if it does not exist.
 	resolve string
-	// columns checks that the table has the relay's txid column.
-	hasTxid string
+	// columns tells whether the table has the relay's txid column and
+	// the lock_keys column of ordering locks.
+	columns string
+	// aggregateKey computes an aggregate's key on the server.
+	aggregateKey string
 	// ensurePosition creates the table's position row if missing.
 	ensurePosition string
 	// position reads the recorded position (primary key lookup).
@@ -49,25 +52,32 @@ type queries struct {
 	blocker string
 }
 
-func newQueries(t Table) queries {
+// newQueries returns the queries of table t. lockKeys says whether it has
+// the lock_keys column; without it the read returns NULL in its place.
+func newQueries(t Table, lockKeys bool) queries {
 	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
+	lockCol := "NULL::text"
+	if lockKeys {
+		lockCol = "o.lock_keys"
+	}
 	return queries{
 		read: fmt.Sprintf(`
-SELECT %s
+SELECT %s, %s
   FROM %s o
  WHERE (o.txid, o.id) > ($1::text::xid8, $2::bigint)
    AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY o.txid, o.id
- LIMIT $3`, rowColumns, outbox),
+ LIMIT $3`, lockCol, rowColumns, outbox),
 		resolve: `
 SELECT n.nspname || '.' || c.relname
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.oid = to_regclass($1)`,
-		hasTxid: `
-SELECT count(*) = 1
+		columns: `
+SELECT count(*) FILTER (WHERE attname = 'txid' AND atttypid = 'xid8'::regtype) = 1,
+       count(*) FILTER (WHERE attname = 'lock_keys' AND atttypid = 'text'::regtype) = 1
   FROM pg_attribute
- WHERE attrelid = to_regclass($1) AND attname = 'txid' AND NOT attisdropped
-   AND atttypid = 'xid8'::regtype`,
+ WHERE attrelid = to_regclass($1) AND attname IN ('txid', 'lock_keys') AND NOT attisdropped`,
+		aggregateKey: fmt.Sprintf(`SELECT %s($1, $2)`, t.sibling("outbox_aggregate_key")),
 		ensurePosition: fmt.Sprintf(`
 INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`, pos),
 		position: fmt.Sprintf(`

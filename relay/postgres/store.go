@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxrelay/outboxrelay/relay"
@@ -32,6 +34,9 @@ type Config struct {
 	// LeaseTimeout is how long a lease lasts without renewal. Zero means
 	// relay.DefaultLeaseTimeout.
 	LeaseTimeout time.Duration
+	// Logger is told, at Start, when the table's ordering locks cannot be
+	// checked. Nil discards.
+	Logger *slog.Logger
 }
 
 // Validate reports the first field that cannot work.
@@ -70,6 +75,10 @@ type Store struct {
 	replica      string
 	leaseTimeout time.Duration
 	epoch        atomic.Int64 // of the lease this replica holds
+	log          *slog.Logger
+	// checkLocks is set by Start when the table records ordering locks
+	// and the server's aggregate keys agree with relay.Aggregate.Key.
+	checkLocks bool
 }
 
 // Open returns a Store. It does not connect yet.
@@ -100,7 +109,11 @@ func Open(cfg Config) (*Store, error) {
 	if lease == 0 {
 		lease = relay.DefaultLeaseTimeout
 	}
-	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table), replica: replica, leaseTimeout: lease}, nil
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table, false), replica: replica, leaseTimeout: lease, log: log}, nil
 }
 
 // Close closes the pool.
@@ -113,10 +126,14 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 // database whose rows or position lie beyond its transaction counter, and
 // returns the recorded position.
 func (s *Store) Start(ctx context.Context) (relay.Position, error) {
-	key, err := s.resolve(ctx)
+	key, lockKeys, err := s.resolveColumns(ctx)
 	if err != nil {
 		return relay.Position{}, err
 	}
+	if s.checkLocks, err = s.canCheckLocks(ctx, lockKeys); err != nil {
+		return relay.Position{}, err
+	}
+	s.q = newQueries(s.table, s.checkLocks)
 	if _, err := s.pool.Exec(ctx, s.q.ensurePosition, key); err != nil {
 		return relay.Position{}, fmt.Errorf("create position row: %w", err)
 	}
@@ -144,21 +161,50 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 }
 
 func (s *Store) resolve(ctx context.Context) (string, error) {
+	key, _, err := s.resolveColumns(ctx)
+	return key, err
+}
+
+// resolveColumns names the table as schema.name and tells whether it has
+// the lock_keys column.
+func (s *Store) resolveColumns(ctx context.Context) (string, bool, error) {
 	var key *string
 	if err := s.pool.QueryRow(ctx, s.q.resolve, s.table.sql()).Scan(&key); err != nil {
-		return "", fmt.Errorf("look up table %s: %w", s.table, err)
+		return "", false, fmt.Errorf("look up table %s: %w", s.table, err)
 	}
 	if key == nil {
-		return "", fmt.Errorf("table %s does not exist (run outbox-relay migrate, or apply schema.sql)", s.table)
+		return "", false, fmt.Errorf("table %s does not exist (run outbox-relay migrate, or apply schema.sql)", s.table)
 	}
-	var ok bool
-	if err := s.pool.QueryRow(ctx, s.q.hasTxid, s.table.sql()).Scan(&ok); err != nil {
-		return "", fmt.Errorf("check table %s: %w", s.table, err)
+	var txid, lockKeys bool
+	if err := s.pool.QueryRow(ctx, s.q.columns, s.table.sql()).Scan(&txid, &lockKeys); err != nil {
+		return "", false, fmt.Errorf("check table %s: %w", s.table, err)
 	}
-	if !ok {
-		return "", fmt.Errorf("table %s has no txid xid8 column (apply schema.sql)", s.table)
+	if !txid {
+		return "", false, fmt.Errorf("table %s has no txid xid8 column (apply schema.sql)", s.table)
 	}
-	return *key, nil
+	return *key, lockKeys, nil
+}
+
+// canCheckLocks tells whether rows' ordering locks can be checked: the
+// table records them, and the server computes aggregate keys as the relay
+// does. When not, it says so in the log once, at start.
+func (s *Store) canCheckLocks(ctx context.Context, lockKeys bool) (bool, error) {
+	if !lockKeys {
+		s.log.Warn("the outbox records no ordering locks (no lock_keys column): the relay cannot check that writers took outbox_lock; run outbox-relay migrate",
+			"table", s.table.String())
+		return false, nil
+	}
+	probe := relay.Aggregate{Type: "outbox-relay", ID: "key probe ü"}
+	var key int64
+	if err := s.pool.QueryRow(ctx, s.q.aggregateKey, probe.Type, probe.ID).Scan(&key); err != nil {
+		return false, fmt.Errorf("compute an aggregate key on the server: %w", err)
+	}
+	if key != probe.Key() {
+		s.log.Error("the server computes aggregate keys unlike the relay (a big-endian server?): ordering locks are not checked",
+			"server", key, "relay", probe.Key())
+		return false, nil
+	}
+	return true, nil
 }
 
 func (s *Store) position(ctx context.Context) (relay.Position, error) {
@@ -185,10 +231,14 @@ func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]re
 	}
 	defer rows.Close()
 	out := make([]relay.Row, 0, min(limit, 256))
+	var locks pgtype.DriverBytes // valid until the next row
 	for rows.Next() {
-		r, err := scanRow(rows)
+		r, err := scanRow(rows, &locks)
 		if err != nil {
 			return nil, err
+		}
+		if s.checkLocks {
+			r.Lock = lockOf(locks, r.Aggregate().Key())
 		}
 		out = append(out, r)
 	}

@@ -1,0 +1,87 @@
+package relay
+
+import (
+	"encoding/binary"
+	"math/bits"
+)
+
+// Key returns the aggregate's 64-bit key, the value schema.sql's
+// outbox_aggregate_key(aggregate_type, aggregate_id) computes: PostgreSQL's
+// hashtextextended of the id's bytes, seeded with that of the type's.
+// outbox_lock takes the advisory lock of this key and records it in the
+// rows' lock_keys, which is how the relay checks a row's ordering lock.
+//
+// hashtextextended hashes with the server's byte order; every platform
+// PostgreSQL commonly runs on is little-endian, as this is. The store
+// compares the two at start.
+func (a Aggregate) Key() int64 {
+	return int64(hashBytes([]byte(a.ID), hashBytes([]byte(a.Type), 0)))
+}
+
+// hashBytes is PostgreSQL's hash_bytes_extended (src/common/hashfn.c,
+// Bob Jenkins' lookup3 with a 64-bit seed) for a little-endian server.
+func hashBytes(k []byte, seed uint64) uint64 {
+	a := 0x9e3779b9 + uint32(len(k)) + 3923095
+	b, c := a, a
+	if seed != 0 {
+		a += uint32(seed >> 32)
+		b += uint32(seed)
+		a, b, c = mix(a, b, c)
+	}
+	for len(k) >= 12 {
+		a += binary.LittleEndian.Uint32(k[0:])
+		b += binary.LittleEndian.Uint32(k[4:])
+		c += binary.LittleEndian.Uint32(k[8:])
+		a, b, c = mix(a, b, c)
+		k = k[12:]
+	}
+	// The last 0 to 11 bytes: a takes bytes 0-3, b 4-7 and c 8-10 shifted
+	// up by one byte (its lowest byte is left for the length, in lookup3).
+	var tail [12]byte
+	copy(tail[:], k)
+	a += binary.LittleEndian.Uint32(tail[0:])
+	b += binary.LittleEndian.Uint32(tail[4:])
+	c += binary.LittleEndian.Uint32(tail[8:]) << 8
+	a, b, c = final(a, b, c)
+	return uint64(b)<<32 | uint64(c)
+}
+
+func mix(a, b, c uint32) (uint32, uint32, uint32) {
+	a -= c
+	a ^= bits.RotateLeft32(c, 4)
+	c += b
+	b -= a
+	b ^= bits.RotateLeft32(a, 6)
+	a += c
+	c -= b
+	c ^= bits.RotateLeft32(b, 8)
+	b += a
+	a -= c
+	a ^= bits.RotateLeft32(c, 16)
+	c += b
+	b -= a
+	b ^= bits.RotateLeft32(a, 19)
+	a += c
+	c -= b
+	c ^= bits.RotateLeft32(b, 4)
+	b += a
+	return a, b, c
+}
+
+func final(a, b, c uint32) (uint32, uint32, uint32) {
+	c ^= b
+	c -= bits.RotateLeft32(b, 14)
+	a ^= c
+	a -= bits.RotateLeft32(c, 11)
+	b ^= a
+	b -= bits.RotateLeft32(a, 25)
+	c ^= b
+	c -= bits.RotateLeft32(b, 16)
+	a ^= c
+	a -= bits.RotateLeft32(c, 4)
+	b ^= a
+	b -= bits.RotateLeft32(a, 14)
+	c ^= b
+	c -= bits.RotateLeft32(b, 24)
+	return a, b, c
+}
