@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // DefaultTable is the inbox table used when [Config.Table] is empty: inbox,
@@ -56,6 +58,17 @@ type Config struct {
 	// holding the delivery, so [Inbox.Consume] handles nothing else
 	// meanwhile; return 0 to requeue at once.
 	Backoff func(attempt int) time.Duration
+
+	// Locks, if set, names the aggregates whose outbox events the handler
+	// may write for a message (the message's Attempt is not known yet when
+	// it is called: 0). The inbox takes their ordering locks (schema.sql's
+	// outbox_lock, through search_path) at the start of the message's
+	// transaction, before its own first write, so that the relay publishes
+	// those events in commit order; the handler's tx is then an
+	// [outbox.Tx], on which outbox.Write refuses events of other
+	// aggregates. Nil takes none: events the handler writes are then
+	// ordered only as the outbox package says of unlocked writers.
+	Locks func(msg Message) []outbox.Aggregate
 
 	// OnDuplicate, if set, is called with the message id of each delivery
 	// that was acked without running the handler because the inbox already

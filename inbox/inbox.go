@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // Handler applies the effects of one message. It must make them on tx
@@ -123,6 +125,15 @@ func (in *Inbox) Handle(ctx context.Context, d amqp.Delivery) error {
 		return requeue(&d, fmt.Errorf("%w: begin: %w", ErrDatabase, err))
 	}
 	defer tx.Rollback(ctx) // a no-op after Commit; a failed rollback closes the connection
+	if in.cfg.Locks != nil {
+		if aggs := in.cfg.Locks(newMessage(&d, id, 0)); len(aggs) > 0 {
+			ltx, err := outbox.Lock(ctx, tx, aggs...)
+			if err != nil {
+				return requeue(&d, fmt.Errorf("%w: take ordering locks: %w", ErrDatabase, err))
+			}
+			tx = ltx
+		}
+	}
 
 	var claimed bool
 	var recorded int

@@ -11,12 +11,12 @@
 // window in which the state changed but the event is lost, or the event went
 // out for a change that never happened.
 //
-//	tx, err := pool.Begin(ctx)
+//	order := outbox.Aggregate{Type: "order", ID: strconv.FormatInt(id, 10)}
+//	tx, err := outbox.Begin(ctx, pool, order) // takes the order's ordering lock
 //	if err != nil {
 //		return err
 //	}
 //	defer tx.Rollback(ctx)
-//	// Lock the aggregate with the transaction's first write (see Ordering).
 //	if _, err := tx.Exec(ctx, `UPDATE orders SET status = 'paid' WHERE id = $1`, id); err != nil {
 //		return err
 //	}
@@ -25,8 +25,8 @@
 //		return err
 //	}
 //	err = outbox.Write(ctx, tx, outbox.Event{
-//		AggregateType: "order",
-//		AggregateID:   strconv.FormatInt(id, 10),
+//		AggregateType: order.Type,
+//		AggregateID:   order.ID,
 //		EventType:     "OrderPaid",
 //		RoutingKey:    "orders.paid",
 //		Payload:       payload,
@@ -44,25 +44,30 @@
 //
 // # Ordering
 //
-// The relay publishes the events of one aggregate (AggregateType,
-// AggregateID) in the order of the writing transaction's id, then the row id;
-// several events written by one transaction therefore keep the order in which
-// they were passed to Write. PostgreSQL assigns a transaction its id at the
-// transaction's first write (not at BEGIN, not at the outbox insert), so this
-// order equals commit order only when
+// The relay publishes rows in the order of the writing transaction's id,
+// then the row id, so several events written by one transaction keep the
+// order in which they were passed to Write. PostgreSQL assigns a
+// transaction its id at its first write, and UPDATE and SELECT ... FOR
+// UPDATE take it before they wait for a row lock: a row lock alone does not
+// make ids follow commit order, and concurrent writers of one aggregate that
+// rely on it get some events published out of commit order.
 //
-//   - writes to one aggregate are serialized (two transactions that change the
-//     same aggregate never run concurrently), and
-//   - the transaction's first write is the one that locks the aggregate, for
-//     example `UPDATE orders ... WHERE id = $1` or `SELECT ... FOR UPDATE`
-//     (which takes the row lock and assigns the id), and only after it the
-//     outbox insert.
+// For commit order, take the aggregate's ordering lock before the
+// transaction's first write: [Begin] does it together with BEGIN, [Lock] on
+// a transaction that has not written yet (it fails with [ErrLockAfterWrite]
+// otherwise), and schema.sql's outbox_lock function in plain SQL. The lock
+// is a transaction-level advisory lock, which assigns no transaction id;
+// the next transaction of the aggregate waits for it and gets a larger id.
+// Lock every aggregate of a transaction in one call: they are locked in a
+// fixed order, so transactions locking overlapping sets cannot deadlock.
+// Writes on the [*Tx] that Begin and Lock return refuse events of other
+// aggregates with [ErrNotLocked].
 //
-// Counter-example: a transaction that first writes an unrelated row (an audit
-// log, say), then waits for the aggregate's row lock, already holds a
-// transaction id older than that of the transaction it is waiting for; it
-// commits second but its event is published first. Take the aggregate's lock
-// first, and hold it until commit.
+// Each row records the locks its transaction took, and the relay counts
+// (outbox_relay_unlocked_rows_total) and logs the rows written without
+// their aggregate's lock, whose order it cannot vouch for. Drawing a new
+// aggregate's id from a sequence may itself assign the transaction its id:
+// draw it before BEGIN.
 //
 // # Drivers
 //

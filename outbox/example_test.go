@@ -20,14 +20,15 @@ type OrderPaid struct {
 // payOrder marks an order paid and records the OrderPaid event in one
 // transaction: the event is published if and only if the update commits.
 func payOrder(ctx context.Context, conn *pgx.Conn, orderID int64) error {
-	tx, err := conn.Begin(ctx)
+	// Begin takes the order's ordering lock with BEGIN, before the first
+	// write, so the relay publishes the order's events in commit order.
+	order := outbox.Aggregate{Type: "order", ID: strconv.FormatInt(orderID, 10)}
+	tx, err := outbox.Begin(ctx, conn, order)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(ctx) // a no-op after Commit
 
-	// The first write locks the aggregate, so the transaction's id, and
-	// with it the event's place in the relay's order, follows the lock.
 	var total int64
 	err = tx.QueryRow(ctx,
 		`UPDATE orders SET status = 'paid' WHERE id = $1 AND status = 'placed' RETURNING total_cents`,
@@ -41,8 +42,8 @@ func payOrder(ctx context.Context, conn *pgx.Conn, orderID int64) error {
 		return err
 	}
 	err = outbox.Write(ctx, tx, outbox.Event{
-		AggregateType: "order",
-		AggregateID:   strconv.FormatInt(orderID, 10),
+		AggregateType: order.Type,
+		AggregateID:   order.ID,
 		EventType:     "OrderPaid",
 		RoutingKey:    "orders.paid",
 		Payload:       payload,

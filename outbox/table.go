@@ -27,24 +27,28 @@ var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // truncated by the server, so they would name a different table.
 const maxIdentifier = 63
 
-// parseTable splits "name" or "schema.name" into a quoted SQL identifier.
-func parseTable(table string) (string, error) {
+// parseTable splits "name" or "schema.name" into a quoted SQL identifier,
+// and returns the quoted schema too ("" for a name without one).
+func parseTable(table string) (quoted, schema string, err error) {
 	if table == "" {
 		table = DefaultTable
 	}
 	parts := strings.Split(table, ".")
 	if len(parts) > 2 {
-		return "", fmt.Errorf("%w %q: want name or schema.name", ErrInvalidTable, table)
+		return "", "", fmt.Errorf("%w %q: want name or schema.name", ErrInvalidTable, table)
 	}
 	for _, p := range parts {
 		if len(p) > maxIdentifier {
-			return "", fmt.Errorf("%w %q: %q is longer than %d bytes", ErrInvalidTable, table, p, maxIdentifier)
+			return "", "", fmt.Errorf("%w %q: %q is longer than %d bytes", ErrInvalidTable, table, p, maxIdentifier)
 		}
 		if !identifier.MatchString(p) {
-			return "", fmt.Errorf("%w %q: %q is not a letter or underscore followed by letters, digits and underscores", ErrInvalidTable, table, p)
+			return "", "", fmt.Errorf("%w %q: %q is not a letter or underscore followed by letters, digits and underscores", ErrInvalidTable, table, p)
 		}
 	}
 	// Quoted, so the name is exact and case-sensitive, and a reserved word
 	// such as "order" still works.
-	return pgx.Identifier(parts).Sanitize(), nil
+	if len(parts) == 2 {
+		schema = pgx.Identifier(parts[:1]).Sanitize()
+	}
+	return pgx.Identifier(parts).Sanitize(), schema, nil
 }

@@ -40,6 +40,8 @@ type Writer struct {
 	TraceContext func(ctx context.Context) (traceparent, tracestate string)
 
 	query string
+	// lockFn is the outbox_lock function of the table's schema.
+	lockFn string
 }
 
 // NewWriter returns a Writer for table, "name" or "schema.name"; empty means
@@ -49,11 +51,15 @@ type Writer struct {
 // quoted, so it is case-sensitive: "Outbox" is not the table outbox. Any
 // other name fails with an error matching [ErrInvalidTable].
 func NewWriter(table string) (*Writer, error) {
-	quoted, err := parseTable(table)
+	quoted, schema, err := parseTable(table)
 	if err != nil {
 		return nil, err
 	}
-	return &Writer{query: insertSQL(quoted)}, nil
+	lockFn := "outbox_lock"
+	if schema != "" {
+		lockFn = schema + ".outbox_lock"
+	}
+	return &Writer{query: insertSQL(quoted), lockFn: lockFn}, nil
 }
 
 // defaultQuery is the statement of the zero Writer and of Write.
@@ -71,8 +77,10 @@ func Write(ctx context.Context, db Execer, events ...Event) error {
 // ids in the order given. With no events it does nothing and returns nil.
 //
 // A refused event fails the whole call with a [*ValidationError] before
-// anything is sent. A database error is returned wrapped; inside a
-// transaction it aborts the transaction, which the caller must roll back.
+// anything is sent. On a [*Tx] from [Begin], an event of an aggregate the
+// transaction did not lock fails it with [ErrNotLocked]. A database error
+// is returned wrapped; inside a transaction it aborts the transaction,
+// which the caller must roll back.
 func (w *Writer) Write(ctx context.Context, db Execer, events ...Event) error {
 	if len(events) == 0 {
 		return nil
@@ -80,6 +88,11 @@ func (w *Writer) Write(ctx context.Context, db Execer, events ...Event) error {
 	args, err := w.columns(ctx, events)
 	if err != nil {
 		return err
+	}
+	if tx, ok := db.(*Tx); ok {
+		if err := tx.covers(events); err != nil {
+			return fmt.Errorf("outbox: %w", err)
+		}
 	}
 	tag, err := db.Exec(ctx, w.sql(), args...)
 	if err != nil {

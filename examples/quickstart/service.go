@@ -31,7 +31,8 @@ var eventTypes = map[string]string{"placed": "OrderPlaced", "paid": "OrderPaid",
 // order's row lock and the transaction id together: that makes the relay's
 // per-aggregate order equal commit order (see the outbox package docs).
 const (
-	placeOrderSQL = `INSERT INTO orders (status, seq, total_cents) VALUES ('placed', 1, $1) RETURNING id`
+	newOrderIDSQL = `SELECT nextval(pg_get_serial_sequence('orders', 'id'))`
+	placeOrderSQL = `INSERT INTO orders (id, status, seq, total_cents) OVERRIDING SYSTEM VALUE VALUES ($1, 'placed', 1, $2)`
 	advanceSQL    = `
 UPDATE orders
 SET status = CASE status WHEN 'placed' THEN 'paid' WHEN 'paid' THEN 'shipped' END,
@@ -83,13 +84,20 @@ func runService(ctx context.Context, cfg config, out io.Writer) error {
 func (s *service) step(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	tx, err := s.conn.Begin(ctx)
+	// Which order changes is decided first, and its ordering lock taken
+	// with BEGIN, before the transaction's first write: that is what
+	// makes the relay publish each order's events in commit order.
+	id, placing, err := s.pickOrder(ctx)
+	if err != nil {
+		return err
+	}
+	tx, err := outbox.Begin(ctx, s.conn, outbox.Aggregate{Type: "order", ID: strconv.FormatInt(id, 10)})
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(ctx) // no-op after Commit
 
-	ev, err := s.changeOrder(ctx, tx)
+	ev, err := s.changeOrder(ctx, tx, id, placing)
 	if err != nil {
 		return err
 	}
@@ -135,17 +143,30 @@ func (s *service) step(ctx context.Context) error {
 	return nil
 }
 
-// changeOrder places a new order or advances an open one (placed -> paid ->
-// shipped) and returns the event describing the change.
-func (s *service) changeOrder(ctx context.Context, tx pgx.Tx) (orderEvent, error) {
+// pickOrder chooses the order to change: a new one (its id drawn before
+// the transaction, since drawing from a sequence may count as a write) or
+// an open one.
+func (s *service) pickOrder(ctx context.Context) (id int64, placing bool, err error) {
 	if len(s.open) < 3 || mathrand.IntN(3) == 0 {
-		ev := orderEvent{Seq: 1, Status: "placed", TotalCents: 500 + mathrand.Int64N(20000)}
-		if err := tx.QueryRow(ctx, placeOrderSQL, ev.TotalCents).Scan(&ev.OrderID); err != nil {
+		if err := s.conn.QueryRow(ctx, newOrderIDSQL).Scan(&id); err != nil {
+			return 0, false, fmt.Errorf("draw an order id: %w", err)
+		}
+		return id, true, nil
+	}
+	return s.open[mathrand.IntN(len(s.open))], false, nil
+}
+
+// changeOrder places order id, or advances it (placed -> paid -> shipped),
+// and returns the event describing the change.
+func (s *service) changeOrder(ctx context.Context, tx pgx.Tx, id int64, placing bool) (orderEvent, error) {
+	if placing {
+		ev := orderEvent{OrderID: id, Seq: 1, Status: "placed", TotalCents: 500 + mathrand.Int64N(20000)}
+		if _, err := tx.Exec(ctx, placeOrderSQL, id, ev.TotalCents); err != nil {
 			return ev, fmt.Errorf("place order: %w", err)
 		}
 		return ev, nil
 	}
-	ev := orderEvent{OrderID: s.open[mathrand.IntN(len(s.open))]}
+	ev := orderEvent{OrderID: id}
 	err := tx.QueryRow(ctx, advanceSQL, ev.OrderID).Scan(&ev.Status, &ev.Seq, &ev.TotalCents)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ev, fmt.Errorf("advance order %d: not found or already shipped", ev.OrderID)

@@ -13,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxrelay/outboxrelay/inbox"
+	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // consumer feeds one queue to one inbox and counts the outcomes: messages
@@ -41,6 +42,9 @@ func newConsumer(db *pgxpool.Pool, name, queue string, handler inbox.Handler, lo
 			c.ran = err == nil
 			return err
 		},
+		// The handlers write events of the order the message is about:
+		// lock it first, so they are published in commit order.
+		Locks:       messageAggregate,
 		MaxAttempts: 5,
 		Logger:      c.log,
 	})
@@ -49,6 +53,17 @@ func newConsumer(db *pgxpool.Pool, name, queue string, handler inbox.Handler, lo
 	}
 	c.in = in
 	return c, nil
+}
+
+// messageAggregate is the aggregate a message is about, from the headers
+// the relay sets on every message.
+func messageAggregate(msg inbox.Message) []outbox.Aggregate {
+	typ, _ := msg.Headers["aggregate_type"].(string)
+	id, _ := msg.Headers["aggregate_id"].(string)
+	if typ == "" || id == "" {
+		return nil
+	}
+	return []outbox.Aggregate{{Type: typ, ID: id}}
 }
 
 // run consumes the queue on its own channel of conn until ctx ends. It

@@ -36,30 +36,51 @@ const (
 )
 
 // advanceOrderSQL moves an order from one status to another and counts one
-// more event. Every command runs it as its transaction's FIRST write, so
-// the transaction takes the order's row lock together with its transaction
-// id; that is what makes the relay publish each order's events in commit
-// order (see "Ordering" in the top-level README).
+// more event. Every command takes the order's ordering lock before it
+// (inOrder), so the relay publishes each order's events in commit order
+// (see "Ordering" in the top-level README).
 const advanceOrderSQL = `
 UPDATE orders SET status = $3, reason = $4, version = version + 1, updated_at = now()
 WHERE id = $1 AND status = $2
 RETURNING version`
 
-// CreateOrder opens an empty order.
+// orderAggregate is an order's ordering key.
+func orderAggregate(id int64) outbox.Aggregate {
+	return outbox.Aggregate{Type: "order", ID: strconv.FormatInt(id, 10)}
+}
+
+// inOrder runs fn in one transaction that first takes order id's ordering
+// lock, and commits if fn succeeds.
+func (s *ordersService) inOrder(ctx context.Context, id int64, fn func(tx pgx.Tx) error) error {
+	tx, err := outbox.Begin(ctx, s.db, orderAggregate(id))
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) // a no-op after Commit
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// CreateOrder opens an empty order. Its id is drawn before the transaction
+// begins: the lock must come before the transaction's first write, and
+// drawing from a sequence may be one.
 func (s *ordersService) CreateOrder(ctx context.Context) (id int64, err error) {
-	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `INSERT INTO orders (status, version) VALUES ('open', 1) RETURNING id`).Scan(&id)
-		if err != nil {
+	if err := s.db.QueryRow(ctx, `SELECT nextval(pg_get_serial_sequence('orders', 'id'))`).Scan(&id); err != nil {
+		return 0, fmt.Errorf("draw an order id: %w", err)
+	}
+	return id, s.inOrder(ctx, id, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO orders (id, status, version) OVERRIDING SYSTEM VALUE VALUES ($1, 'open', 1)`, id); err != nil {
 			return fmt.Errorf("insert order: %w", err)
 		}
 		return writeOrderEvent(ctx, tx, OrderCreated, orderEvent{OrderID: id, Version: 1})
 	})
-	return id, err
 }
 
 // AddItem adds qty units of sku to an open order.
 func (s *ordersService) AddItem(ctx context.Context, id int64, sku string, qty int) error {
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	return s.inOrder(ctx, id, func(tx pgx.Tx) error {
 		version, err := advance(ctx, tx, id, statusOpen, statusOpen, "")
 		if err != nil {
 			return err
@@ -87,7 +108,7 @@ ON CONFLICT (order_id, sku) DO UPDATE SET qty = order_items.qty + excluded.qty`,
 // Place asks for the order to be confirmed: it writes OrderPlaced with the
 // items, which inventory answers with StockReserved or StockShort.
 func (s *ordersService) Place(ctx context.Context, id int64) error {
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	return s.inOrder(ctx, id, func(tx pgx.Tx) error {
 		version, err := advance(ctx, tx, id, statusOpen, statusPlaced, "")
 		if err != nil {
 			return err
@@ -113,7 +134,7 @@ func (s *ordersService) Place(ctx context.Context, id int64) error {
 
 // Cancel cancels an open order at the customer's request.
 func (s *ordersService) Cancel(ctx context.Context, id int64) error {
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	return s.inOrder(ctx, id, func(tx pgx.Tx) error {
 		const reason = "customer"
 		version, err := advance(ctx, tx, id, statusOpen, statusCancelled, reason)
 		if err != nil {
@@ -129,10 +150,9 @@ func (s *ordersService) Cancel(ctx context.Context, id int64) error {
 // inbox runs it once per reply, on the transaction that records the reply
 // as processed, so the new event is written exactly once too.
 //
-// The inbox row is this transaction's first write, not the order's lock, so
-// the ordering rule of advanceOrderSQL does not hold here. It need not:
-// nothing else writes a placed order, and OrderPlaced committed before
-// inventory could even reply.
+// Its consumer takes the order's ordering lock before the inbox's own
+// first write (inbox.Config.Locks, in newConsumer), so a command on the
+// same order cannot get its events out of order with this one's.
 func (s *ordersService) HandleStockReply(ctx context.Context, tx pgx.Tx, msg inbox.Message) error {
 	var reply stockReply
 	if err := json.Unmarshal(msg.Body, &reply); err != nil {

@@ -70,9 +70,19 @@ func (w *Writer) one(ctx context.Context) error {
 		p  Payload
 	}
 	var batch []written
+	aggs := make([]string, w.PerTx)
+	lock := make([]string, 0, 2*w.PerTx)
+	for i := range aggs {
+		aggs[i] = fmt.Sprintf("%s-%d", w.Name, rand.N(w.Aggregates))
+		lock = append(lock, "ledger", aggs[i])
+	}
+	// The ordering lock first, as the README asks of writers (a Writer's
+	// own transactions do not overlap, so its order holds either way).
+	if _, err := tx.Exec(ctx, `SELECT outbox_lock(VARIADIC $1::text[])`, lock); err != nil {
+		return fmt.Errorf("writer %s: lock: %w", w.Name, err)
+	}
 	next := map[string]int{}
-	for range w.PerTx {
-		agg := fmt.Sprintf("%s-%d", w.Name, rand.N(w.Aggregates))
+	for _, agg := range aggs {
 		if _, ok := next[agg]; !ok {
 			next[agg] = w.seq[agg]
 		}
