@@ -181,6 +181,7 @@ func (w *windowWatch) Alive()                           {}
 func (w *windowWatch) Leading(bool)                     {}
 func (w *windowWatch) Failed(relay.Failure)             {}
 func (w *windowWatch) Blocked(bool)                     {}
+func (w *windowWatch) Unlocked(int)                     {}
 
 // rawRun and relayRun are runs of one kind for interleave.
 func rawRun(queueType string, channels int, cpu *cpuMeter) run {

@@ -64,15 +64,17 @@ var payload = []byte(`{"order_id":1,"status":"placed","note":"` + strings.Repeat
 
 // fill commits n rows, 1000 per transaction, spread over 1000 aggregates,
 // with 256-byte payloads and one header, then vacuums and analyzes the
-// table so every run reads the same shape of table.
+// table so every run reads the same shape of table. Each row records its
+// own aggregate's ordering lock, as a writer that locks the one aggregate
+// it writes leaves it, so the relay's lock check runs on every row.
 func (r *rig) fill(t *testing.T, n int) {
 	t.Helper()
 	ctx := context.Background()
 	start := time.Now()
 	for done := 0; done < n; done += 1000 {
 		if _, err := r.pool.Exec(ctx, `
-INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, headers)
-SELECT 'order', (g % 1000)::text, 'OrderPlaced', $3, $4, '{"tenant":"acme"}'
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, headers, lock_keys)
+SELECT 'order', (g % 1000)::text, 'OrderPlaced', $3, $4, '{"tenant":"acme"}', outbox_aggregate_key('order', (g % 1000)::text)::text
   FROM generate_series($1::int, $2::int - 1) g`, done, min(done+1000, n), queueName, payload); err != nil {
 			t.Fatalf("fill outbox: %v", err)
 		}

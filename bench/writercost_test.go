@@ -12,8 +12,9 @@ import (
 
 // writerVariants are the variants of scripts/writer-cost/run.sh that
 // measurement 7 runs: A a plain table (nothing the relay adds), B
-// schema.sql's outbox, C B plus the NOTIFY trigger.
-var writerVariants = []string{"A", "B", "C"}
+// schema.sql's outbox, L B with the ordering lock taken first, C B plus
+// the NOTIFY trigger.
+var writerVariants = []string{"A", "B", "L", "C"}
 
 // measureWriterCost: measurement 7, what the relay's schema costs the
 // transactions that write to the outbox. It runs scripts/writer-cost/run.sh
@@ -37,11 +38,13 @@ func measureWriterCost(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatalf("%v in the output of scripts/writer-cost/run.sh:\n%s", err, out.String())
 	}
-	a, b, c := tps["A"], tps["B"], tps["C"]
+	a, b, l, c := tps["A"], tps["B"], tps["L"], tps["C"]
 	s.add(row{what: "writers, plain table (keyed by id, no txid column, no CHECK), 16 pgbench clients",
 		figure: perSecond(a, "tps"), ratio: "1 (base)"})
 	s.add(row{what: "writers, schema.sql's outbox",
 		figure: perSecond(b, "tps"), ratio: ratio(b, a) + " plain", goal: "≥ 0.95 × plain", met: atLeast(b, a, 0.95)})
+	s.add(row{what: "writers, schema.sql's outbox with the ordering lock first (outbox_lock)",
+		figure: perSecond(l, "tps"), ratio: ratio(l, a) + " plain, " + ratio(l, b) + " without the lock"})
 	s.add(row{what: "writers, schema.sql's outbox + NOTIFY trigger (for reference)",
 		figure: perSecond(c, "tps"), ratio: ratio(c, a) + " plain"})
 }

@@ -25,7 +25,8 @@ var (
 	chaosReplicas = flag.Int("chaos.replicas", 2, "how many relay replicas TestChaos runs (1 to 3)")
 )
 
-// TestChaos runs writers (with rollbacks and hot aggregates), relay replicas
+// TestChaos runs writers (with rollbacks, and 8 connections sharing 4 hot
+// aggregates under their ordering locks), relay replicas
 // and a consumer against a PostgreSQL and a RabbitMQ of its own, and injects
 // one fault after another at random moments: SIGKILL and restart of a
 // replica, SIGSTOP/SIGCONT of the leader, the relays' broker connections
@@ -49,6 +50,7 @@ func TestChaos(t *testing.T) {
 	gaps := &gapMeter{}
 	r := newRigOnNode(t, db, node.URL, consumerURL, gaps.tick, "RELAY_LEASE_TIMEOUT="+lease.String())
 	r.writeThrough(t, 6, true)
+	r.contend(t, 8, true, true) // hot aggregates shared by concurrent writers
 
 	if *chaosReplicas < 1 || *chaosReplicas > 3 {
 		t.Fatalf("-chaos.replicas=%d: want 1 to 3", *chaosReplicas)

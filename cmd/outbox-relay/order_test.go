@@ -10,12 +10,17 @@ import (
 	"github.com/outboxrelay/outboxrelay/internal/ledger"
 )
 
-var orderDuration = flag.Duration("order.duration", 20*time.Second,
-	"how long TestContendedWritersKeepCommitOrder writes")
+var (
+	orderDuration = flag.Duration("order.duration", 20*time.Second,
+		"how long TestContendedWritersKeepCommitOrder writes")
+	orderUnlocked = flag.Bool("order.unlocked", false,
+		"TestContendedWritersKeepCommitOrder without outbox_lock: show the order it breaks")
+)
 
-// contend starts 16 writer connections that share 4 hot aggregates (see
-// ledger.Contended) until stopWrites.
-func (r *rig) contend(t *testing.T, lock, outages bool) {
+// contend starts that many writer connections sharing 4 hot aggregates (see
+// ledger.Contended) until stopWrites; lock makes them take outbox_lock
+// first, outages makes them ride out database outages.
+func (r *rig) contend(t *testing.T, writers int, lock, outages bool) {
 	t.Helper()
 	aggs := make([]string, 4)
 	for i := range aggs {
@@ -29,7 +34,7 @@ func (r *rig) contend(t *testing.T, lock, outages bool) {
 			prev()
 		}
 	}
-	for i := range 16 {
+	for i := range writers {
 		w := &ledger.Contended{Pool: r.pool, Ledger: r.ledger, Aggregates: aggs, Rollback: 0.05,
 			Pause: 10 * time.Millisecond, Lock: lock, Outages: outages}
 		if i == 0 {
@@ -47,19 +52,43 @@ func (r *rig) contend(t *testing.T, lock, outages bool) {
 
 // TestContendedWritersKeepCommitOrder is the ordering guarantee under the
 // writers that need it most: 16 connections change 4 hot aggregates
-// concurrently, each transaction bumping its aggregate's version under
-// the row lock before inserting its events, as a user following the
-// README would. The relay runs with its defaults. Every event must arrive
-// first in the order of the versions, which is the commit order.
+// concurrently, each transaction taking the aggregate's ordering lock
+// (outbox_lock) first, then bumping its version under the row lock and
+// inserting its events, as the README asks. The relay runs with its
+// defaults. Every event must arrive first in the order of the versions,
+// which is the commit order, and the relay must count no row as unlocked.
+//
+// With -order.unlocked the writers skip outbox_lock, as the README asked
+// before it (the row lock alone): the test then shows how many events the
+// relay published out of commit order and checks that it counted every
+// row as written without its lock, instead of failing on the order.
 func TestContendedWritersKeepCommitOrder(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
-	env := []string{"RELAY_DATABASE_URL=" + r.dbURL, "RELAY_AMQP_URL=" + r.broker.URL}
+	addr := freeAddr(t)
+	env := []string{"RELAY_DATABASE_URL=" + r.dbURL, "RELAY_AMQP_URL=" + r.broker.URL, "RELAY_HTTP_ADDR=" + addr}
 	p := start(t, env)
-	r.contend(t, false, false)
+	r.contend(t, 16, !*orderUnlocked, false)
 	time.Sleep(*orderDuration)
 	r.stopWrites()
 	r.drained(t)
+	committed := r.ledger.CommittedCount()
+	eventually(t, "every row is recorded as published", func() bool {
+		return metric(addr, "outbox_relay_rows_published_total") >= float64(committed)
+	})
+	unlocked := metric(addr, "outbox_relay_unlocked_rows_total")
 	stopClean(t, p)
+	if *orderUnlocked {
+		rep := r.ledger.Report()
+		t.Logf("without outbox_lock: %d of %d events first delivered out of commit order; %d duplicates; %.0f rows counted as unlocked",
+			rep.OrderViolations, rep.Committed, rep.Duplicates, unlocked)
+		if rep.Lost != 0 || rep.Unexpected != 0 || unlocked != float64(committed) {
+			t.Fatalf("lost %d, unexpected %d, %.0f of %d rows counted as unlocked", rep.Lost, rep.Unexpected, unlocked, committed)
+		}
+		return
+	}
 	r.check(t, 0)
+	if unlocked != 0 {
+		t.Errorf("%.0f rows counted as unlocked, want 0", unlocked)
+	}
 }

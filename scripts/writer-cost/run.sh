@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Writer-side cost of the relay: what the outbox schema (txid xid8 default,
-# keyed by (txid, id), headers CHECK), the optional NOTIFY wake-up trigger and a
-# 1 ms poller cost the transactions that write to the outbox.
+# keyed by (txid, id), headers CHECK), the ordering lock, the optional NOTIFY
+# wake-up trigger and a 1 ms poller cost the transactions that write to the
+# outbox.
 #
 # Usage: scripts/writer-cost/run.sh [DURATION_S [ROUNDS [PORT]]]   (default 20 3 54329;
 # DURATION and ROUNDS may also come from the environment, as make bench passes them)
@@ -19,6 +20,7 @@
 # with a 256-byte payload, then COMMIT):
 #   A           outbox_plain: keyed by id, no txid column, no CHECK
 #   B           schema.sql's outbox as is, no trigger
+#   L           B with the ordering lock first (SELECT outbox_lock('order', id))
 #   C           B + statement-level outbox_notify trigger (one NOTIFY per transaction)
 #   D           B + row-level trigger notifying the new id (one NOTIFY per row, never folded)
 #   A10 .. D10  the same with 10 outbox rows per transaction (one multi-row INSERT)
@@ -37,7 +39,7 @@ CLIENTS=${CLIENTS:-16}
 JOBS=${JOBS:-2}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 [ -x "$PGBIN/pgbench" ] || { echo "writer-cost: pgbench not found; set PGBIN" >&2; exit 1; }
-VARIANTS=${VARIANTS:-"A B C D A10 B10 C10 D10 B+poll B+pollfixed"}
+VARIANTS=${VARIANTS:-"A B L C D A10 B10 C10 D10 B+poll B+pollfixed"}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SCHEMA=$(cd "$HERE/../.." && pwd)/schema.sql
@@ -87,6 +89,7 @@ writer_script() {   # variant -> pgbench file
     case $1 in
         A) echo write1_plain.sql ;;
         A10) echo write10_plain.sql ;;
+        L) echo write1_locked.sql ;;
         *10) echo write10_outbox.sql ;;
         *) echo write1_outbox.sql ;;
     esac
