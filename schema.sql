@@ -158,13 +158,23 @@ COMMENT ON COLUMN outbox_relay_parked.attempts IS
 COMMENT ON COLUMN outbox_relay_parked.next_attempt_at IS
     'When the relay tries the row again (capped exponential backoff).';
 COMMENT ON COLUMN outbox_relay_parked.dead IS
-    'True after RELAY_MAX_ATTEMPTS failed attempts: no longer retried until an operator runs outbox-relay dead retry (or drops it with dead drop). Its aggregate waits meanwhile.';
+    'True after RELAY_MAX_ATTEMPTS failed attempts, or at once for a row that can never become a message: no longer retried until an operator runs outbox-relay dead retry (or drops it with dead drop). Its aggregate waits meanwhile, unless RELAY_DEAD_ROWS=skip.';
 COMMENT ON COLUMN outbox_relay_parked.last_error IS
     'Why the last attempt failed (the broker''s reply code and text, or why the row cannot become a message).';
 COMMENT ON COLUMN outbox_relay_parked.parked_at IS
     'When the row was parked.';
 COMMENT ON INDEX outbox_relay_parked_pkey IS
     'One entry per outbox row.';
+
+-- Added with ADD COLUMN IF NOT EXISTS, so running this file again upgrades a
+-- parked-row table made by an earlier version.
+ALTER TABLE outbox_relay_parked ADD COLUMN IF NOT EXISTS dropped boolean NOT NULL DEFAULT false;
+ALTER TABLE outbox_relay_parked ADD COLUMN IF NOT EXISTS gap_reported boolean NOT NULL DEFAULT false;
+
+COMMENT ON COLUMN outbox_relay_parked.dropped IS
+    'True once an operator discarded the dead row (outbox-relay dead drop): never published, not even by replay, and no longer holding its aggregate back. The entry is kept so that replay can tell the row from a published one.';
+COMMENT ON COLUMN outbox_relay_parked.gap_reported IS
+    'True once a later message of the aggregate was published with this row''s event_id in its outbox_skipped header: set for rows dropped, or dead under RELAY_DEAD_ROWS=skip, whose aggregate went on without them.';
 
 CREATE INDEX IF NOT EXISTS outbox_relay_parked_order_idx
     ON outbox_relay_parked (outbox_table, aggregate_type, aggregate_id, txid, id);

@@ -103,15 +103,15 @@ type timedStore struct {
 	memory         []relay.Row // the backlog, when reads are served from memory
 }
 
-func (s *timedStore) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+func (s *timedStore) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
 	t0 := time.Now()
 	var rows []relay.Row
 	var err error
 	if s.memory != nil {
 		i := sort.Search(len(s.memory), func(i int) bool { return s.memory[i].Position().After(after) })
-		rows = slices.Clone(s.memory[i:min(i+limit, len(s.memory))])
+		rows = slices.Clone(s.memory[i:min(i+b.Rows, len(s.memory))])
 	} else {
-		rows, err = s.Store.Read(ctx, after, limit)
+		rows, err = s.Store.Read(ctx, after, b)
 	}
 	s.mu.Lock()
 	s.read += time.Since(t0)
@@ -126,7 +126,7 @@ func readAll(t *testing.T, store *postgres.Store) []relay.Row {
 	var all []relay.Row
 	var pos relay.Position
 	for {
-		rows, err := store.Read(context.Background(), pos, 1000)
+		rows, err := store.Read(context.Background(), pos, relay.Batch{Rows: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -182,6 +182,7 @@ func (w *windowWatch) Leading(bool)                     {}
 func (w *windowWatch) Failed(relay.Failure)             {}
 func (w *windowWatch) Blocked(bool)                     {}
 func (w *windowWatch) Unlocked(int)                     {}
+func (w *windowWatch) Skipped(int)                      {}
 
 // rawRun and relayRun are runs of one kind for interleave.
 func rawRun(queueType string, channels int, cpu *cpuMeter) run {

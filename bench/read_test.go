@@ -50,7 +50,7 @@ func readOnce(t *testing.T) float64 {
 	total := 0
 	begin := time.Now()
 	for {
-		rows, err := store.Read(ctx, pos, readBatch)
+		rows, err := store.Read(ctx, pos, relay.Batch{Rows: readBatch, Bytes: relay.DefaultBatchBytes, MaxPayload: relay.DefaultMaxPayloadBytes})
 		if err != nil {
 			t.Fatal(err)
 		}

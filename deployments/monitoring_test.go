@@ -35,6 +35,7 @@ var relayMetrics = map[string]string{
 	"outbox_relay_holdup_age_seconds":           "gauge",
 	"outbox_relay_retention_deleted_rows_total": "counter",
 	"outbox_relay_unlocked_rows_total":          "counter",
+	"outbox_relay_skipped_rows_total":           "counter",
 }
 
 // sharedGauges have the same value on every replica: alerts take their max,

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -431,4 +432,71 @@ func xDeathReason(d amqp.Delivery) string {
 	death, _ := deaths[0].(amqp.Table)
 	reason, _ := death["reason"].(string)
 	return reason
+}
+
+// TestErrorTextThatIsNotUTF8IsCounted: a handler error with bytes that are
+// not UTF-8 and a NUL, neither of which a text column takes, is recorded
+// (cleaned) and its attempts are counted, so the handler runs MaxAttempts
+// times and not once more before the message is dead-lettered.
+func TestErrorTextThatIsNotUTF8IsCounted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const maxAttempts = 3
+	rec := &recorder{fail: func(Message) error { return errors.New("bad \xff\xfe bytes\x00") }}
+	in := b.newInbox(t, rec.handle, Config{MaxAttempts: maxAttempts})
+	id := newID()
+	b.publish(t, amqp.Publishing{MessageId: id, Body: []byte("paid")})
+	deliveries, _ := b.consume(t, workQueue)
+	dead, _ := b.consume(t, deadQueue)
+	ctx := context.Background()
+
+	if err := in.Handle(ctx, next(t, deliveries)); !errors.Is(err, ErrRequeued) || errors.Is(err, ErrDatabase) {
+		t.Errorf("attempt 1: err = %v, want a counted failure, requeued", err)
+	}
+	var recorded int
+	var lastError string
+	err := b.pool.QueryRow(ctx, `SELECT attempts, last_error FROM inbox_attempts WHERE consumer = 'billing' AND message_id = $1::uuid`,
+		id).Scan(&recorded, &lastError)
+	if err != nil || recorded != 1 || lastError != "bad \uFFFD bytes" {
+		t.Errorf("after attempt 1: recorded %d, last_error %q (%v); want 1, %q", recorded, lastError, err, "bad \uFFFD bytes")
+	}
+	// Then the copies, until one is rejected.
+	for {
+		err := in.Handle(ctx, next(t, deliveries))
+		if errors.Is(err, ErrRejected) {
+			break
+		}
+		if !errors.Is(err, ErrRequeued) {
+			t.Fatalf("attempt %d: err = %v, want requeued or rejected", len(rec.calls()), err)
+		}
+		if n := len(rec.calls()); n > maxAttempts+1 {
+			t.Fatalf("handler ran %d times and the message is still not rejected", n)
+		}
+	}
+	if n := len(rec.calls()); n != maxAttempts {
+		t.Errorf("handler ran %d times, want %d", n, maxAttempts)
+	}
+	if d := next(t, dead); d.MessageId != id {
+		t.Errorf("dead-lettered %q, want %s", d.MessageId, id)
+	}
+}
+
+// TestErrorTextIsStorable: errorText keeps what a text column takes and
+// never cuts a character in two.
+func TestErrorTextIsStorable(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", maxErrorText-1)
+	for _, c := range []struct{ in, want string }{
+		{"plain", "plain"},
+		{"bad \xff\xfe bytes\x00", "bad \uFFFD bytes"},
+		{"nul\x00 in\x00side", "nul inside"},
+		{long + "é and more", long},                                              // é is 2 bytes: it would straddle the limit
+		{long + "a€", long + "a"},                                                // exactly maxErrorText bytes are kept
+		{strings.Repeat("€", maxErrorText), strings.Repeat("€", maxErrorText/3)}, // 3 bytes each
+	} {
+		got := errorText(c.in)
+		if got != c.want || !utf8.ValidString(got) || len(got) > maxErrorText {
+			t.Errorf("errorText(%.40q...) = %.40q... (%d bytes), want %.40q... (%d bytes)", c.in, got, len(got), c.want, len(c.want))
+		}
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -263,9 +265,29 @@ func (in *Inbox) deadLetter(ctx context.Context, d *amqp.Delivery, id string, ca
 	return reject(d, cause)
 }
 
-// maxErrorText bounds the last_error recorded for a message: a panic's
-// stack or a verbose driver error should not bloat the attempts table.
+// maxErrorText bounds the last_error recorded for a message, in bytes: a
+// panic's stack or a verbose driver error should not bloat the attempts
+// table.
 const maxErrorText = 2000
+
+// errorText makes a handler's error text storable as last_error. A text
+// column refuses NUL bytes and, in a UTF-8 database, bytes that are not
+// UTF-8 (an error that quotes binary input, a panic value cut mid-character):
+// the write that counts the attempt would fail with it, so the attempt would
+// go uncounted and the message would run once more than MaxAttempts. So
+// invalid sequences become U+FFFD, NUL bytes go, and the text is cut to
+// maxErrorText bytes at a character boundary.
+func errorText(s string) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+	if len(s) <= maxErrorText {
+		return s
+	}
+	cut := maxErrorText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
+}
 
 // countAttempt adds increment to the message's recorded attempts and
 // records errText (unless empty) as its last error, in a statement of its
@@ -274,9 +296,7 @@ const maxErrorText = 2000
 func (in *Inbox) countAttempt(ctx context.Context, id string, increment int, errText string) (attempts int, processed bool, err error) {
 	var lastError *string
 	if errText != "" {
-		if len(errText) > maxErrorText {
-			errText = errText[:maxErrorText]
-		}
+		errText = errorText(errText)
 		lastError = &errText
 	}
 	err = in.pool.QueryRow(ctx, in.q.countAttempt, in.cfg.Consumer, id, increment, lastError).Scan(&attempts)

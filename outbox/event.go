@@ -5,9 +5,11 @@ package outbox
 //
 // Text fields must be valid UTF-8 without NUL bytes (PostgreSQL text cannot
 // hold them). Fields that become AMQP short strings (Exchange, RoutingKey,
-// EventType, ContentType and header names) are limited to 255 bytes, so an
-// event that RabbitMQ could never accept is refused here instead of being
-// parked as dead by the relay.
+// EventType, ContentType and header names) are limited to 255 bytes, and
+// the headers, with the aggregate type and id the relay adds to them, must
+// fit in one AMQP frame with the other properties (131072 bytes, RabbitMQ's
+// default frame size), so an event that RabbitMQ could never accept is
+// refused here instead of being parked as dead by the relay.
 type Event struct {
 	// AggregateType fills the aggregate_type column: the kind of entity the
 	// event is about, e.g. "order". Required. Published as the

@@ -76,6 +76,9 @@ func validate(index int, e *Event) (headers string, err error) {
 		return "", fail("EventID", "%q is not a UUID in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", e.EventID)
 	}
 	if len(e.Headers) == 0 {
+		if size := headerFrameSize(e, nil); size > maxHeaderFrame {
+			return "", fail("AggregateID", "the message's headers and properties would take about %d bytes, more than fit in one AMQP frame (%d, RabbitMQ's default frame size); the relay would refuse the row", size, maxHeaderFrame)
+		}
 		return "{}", nil
 	}
 	values := make(map[string]any, len(e.Headers))
@@ -97,12 +100,39 @@ func validate(index int, e *Event) (headers string, err error) {
 		}
 		values[name] = v
 	}
+	if size := headerFrameSize(e, values); size > maxHeaderFrame {
+		return "", fail("Headers", "the message's headers and properties take about %d bytes, more than fit in one AMQP frame (%d, RabbitMQ's default frame size); the relay would refuse the row", size, maxHeaderFrame)
+	}
 	b, err := json.Marshal(values)
 	if err != nil {
 		// Unreachable: headerValue returns only JSON-encodable values.
 		return "", fail("Headers", "%v", err)
 	}
 	return string(b), nil
+}
+
+// maxHeaderFrame is the frame size RabbitMQ negotiates by default: a
+// message's properties and headers must fit in one frame.
+const maxHeaderFrame = 131072
+
+// headerFrameSize estimates, from above, the content header frame the
+// relay sends for e with headers values: the properties it sets, the
+// headers it adds (aggregate_type, aggregate_id, outbox_id) and room for a
+// trace context.
+func headerFrameSize(e *Event, values map[string]any) int {
+	const fixed = 8 + 14 + 1 + 1 + 36 + 8 // frame, class..flags, delivery mode, message id, timestamp
+	const traceRoom = 600                 // traceparent and a tracestate, which Write may add
+	n := fixed + traceRoom + 1 + max(len(e.ContentType), len("application/json")) + 1 + len(e.EventType) + 4
+	n += 2 + len("aggregate_type") + 4 + len(e.AggregateType)
+	n += 2 + len("aggregate_id") + 4 + len(e.AggregateID)
+	n += 2 + len("outbox_id") + 8
+	for k, v := range values {
+		n += 2 + len(k) + 8
+		if s, ok := v.(string); ok {
+			n += 4 + len(s)
+		}
+	}
+	return n
 }
 
 // badText says what makes s unfit for a text column (and, when max > 0, an

@@ -43,6 +43,8 @@ func TestValidation(t *testing.T) {
 		{"infinite header value", func(e *outbox.Event) { e.Headers = map[string]any{"k": math.Inf(1)} }, `Headers["k"]`},
 		{"header string with a NUL byte", func(e *outbox.Event) { e.Headers = map[string]any{"k": "\x00"} }, `Headers["k"]`},
 		{"first of several bad headers", func(e *outbox.Event) { e.Headers = map[string]any{"b": nil, "a": nil} }, `Headers["a"]`},
+		{"headers larger than a frame", func(e *outbox.Event) { e.Headers = map[string]any{"big": strings.Repeat("v", 131072)} }, "Headers"},
+		{"aggregate id larger than a frame", func(e *outbox.Event) { e.Headers = nil; e.AggregateID = strings.Repeat("a", 131072) }, "AggregateID"},
 	}
 	b := setup(t) // one database: every case must leave it untouched
 	ctx := context.Background()

@@ -61,22 +61,23 @@ func (a *alarmed) Publish(ctx context.Context, msgs []relay.Message) relay.Confi
 		case <-ctx.Done():
 		}
 	}()
-	return heldConfirmation{Confirmation: c, released: a.released, done: done}
+	return heldConfirmation{Confirmation: c, n: len(msgs), released: a.released, done: done}
 }
 
 type heldConfirmation struct {
 	relay.Confirmation
+	n        int // messages
 	released <-chan struct{}
 	done     chan struct{}
 }
 
 func (c heldConfirmation) Done() <-chan struct{} { return c.done }
 
-func (c heldConfirmation) Wait(ctx context.Context) (int, error) {
+func (c heldConfirmation) Wait(ctx context.Context) ([]relay.Answer, error) {
 	select {
 	case <-c.released:
 	case <-ctx.Done():
-		return 0, context.Cause(ctx)
+		return make([]relay.Answer, c.n), context.Cause(ctx)
 	}
 	return c.Confirmation.Wait(ctx)
 }

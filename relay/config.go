@@ -19,7 +19,12 @@ const (
 	DefaultMaxAttempts     = 10
 	DefaultParkRetryMin    = time.Second
 	DefaultParkRetryMax    = 5 * time.Minute
+	DefaultBatchBytes      = 4 << 20
+	DefaultMaxPayloadBytes = 16 << 20
 	maxBatchSize           = 10000
+	minBatchBytes          = 64 << 10
+	maxShortString         = 255
+	maxBytes               = 1 << 30
 )
 
 // Config configures a Relay. Zero fields take the defaults above.
@@ -31,6 +36,17 @@ type Config struct {
 	// sends. Up to two batches await confirms at once (the in-flight
 	// window), so a crash republishes at most 2 × BatchSize rows.
 	BatchSize int
+
+	// BatchBytes bounds the payloads and headers of one batch as BatchSize
+	// bounds its rows: a read returns rows until they hold BatchBytes, and
+	// up to two batches' worth of bytes await confirms. A row larger than
+	// that goes alone.
+	BatchBytes int
+
+	// MaxPayloadBytes is the largest payload the relay loads and
+	// publishes. A row with a larger one is dead at once, with the reason,
+	// and its payload is never read into memory.
+	MaxPayloadBytes int
 
 	// PollInterval is the longest the relay waits between reads when the
 	// outbox is idle. After finding rows it polls again after MinPoll,
@@ -62,6 +78,10 @@ type Config struct {
 	// RetryMin and RetryMax bound the jittered exponential backoff after a
 	// failed round or start.
 	RetryMin, RetryMax time.Duration
+
+	// DeadRows is what a dead row does to the later rows of its
+	// aggregate: DeadRowsHold (the default) or DeadRowsSkip.
+	DeadRows DeadRows
 
 	// LockCheck is what the relay does about rows written without their
 	// aggregate's ordering lock: LockCheckWarn (the default) or
@@ -107,6 +127,11 @@ func (c Config) leaseValid() time.Duration { return c.LeaseTimeout * 3 / 4 }
 // window is the most rows awaiting confirms at once.
 func (c Config) window() int { return 2 * c.BatchSize }
 
+// batch bounds one read.
+func (c Config) batch() Batch {
+	return Batch{Rows: c.BatchSize, Bytes: c.BatchBytes, MaxPayload: c.MaxPayloadBytes}
+}
+
 // ConfigError names the Config field that is wrong and why.
 type ConfigError struct {
 	Field   string
@@ -119,6 +144,12 @@ func (e *ConfigError) Error() string { return e.Field + ": " + e.Problem }
 func (c Config) WithDefaults() Config {
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultBatchSize
+	}
+	if c.BatchBytes == 0 {
+		c.BatchBytes = DefaultBatchBytes
+	}
+	if c.MaxPayloadBytes == 0 {
+		c.MaxPayloadBytes = DefaultMaxPayloadBytes
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
@@ -147,6 +178,9 @@ func (c Config) WithDefaults() Config {
 	if c.RetryMax == 0 {
 		c.RetryMax = max(DefaultRetryMax, c.RetryMin)
 	}
+	if c.DeadRows == "" {
+		c.DeadRows = DeadRowsHold
+	}
 	if c.LockCheck == "" {
 		c.LockCheck = LockCheckWarn
 	}
@@ -164,6 +198,12 @@ func (c Config) Validate() error {
 	switch {
 	case c.BatchSize < 1 || c.BatchSize > maxBatchSize:
 		return &ConfigError{"BatchSize", fmt.Sprintf("must be between 1 and %d, got %d", maxBatchSize, c.BatchSize)}
+	case len(c.Exchange) > maxShortString:
+		return &ConfigError{"Exchange", fmt.Sprintf("must be at most %d bytes (an AMQP short string), got %d", maxShortString, len(c.Exchange))}
+	case c.BatchBytes < minBatchBytes || c.BatchBytes > maxBytes:
+		return &ConfigError{"BatchBytes", fmt.Sprintf("must be between %d and %d, got %d", minBatchBytes, maxBytes, c.BatchBytes)}
+	case c.MaxPayloadBytes < 1024 || c.MaxPayloadBytes > maxBytes:
+		return &ConfigError{"MaxPayloadBytes", fmt.Sprintf("must be between 1024 and %d, got %d", maxBytes, c.MaxPayloadBytes)}
 	case c.PollInterval <= 0:
 		return &ConfigError{"PollInterval", fmt.Sprintf("must be positive, got %s", c.PollInterval)}
 	case c.MinPoll <= 0 || c.MinPoll > c.PollInterval:
@@ -178,6 +218,9 @@ func (c Config) Validate() error {
 		return &ConfigError{"LeaseTimeout", fmt.Sprintf("must be at least 100ms, got %s", c.LeaseTimeout)}
 	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
 		return &ConfigError{"RetryMin", fmt.Sprintf("must be positive and at most RetryMax, got %s..%s", c.RetryMin, c.RetryMax)}
+	}
+	if c.DeadRows != DeadRowsHold && c.DeadRows != DeadRowsSkip {
+		return &ConfigError{"DeadRows", fmt.Sprintf("must be %s or %s, got %q", DeadRowsHold, DeadRowsSkip, c.DeadRows)}
 	}
 	if err := validLockCheck(c.LockCheck); err != nil {
 		return &ConfigError{"LockCheck", err.Error()}

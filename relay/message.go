@@ -33,7 +33,7 @@ var ErrBadHeaders = errors.New("bad headers")
 func NewMessage(row *Row, defaultExchange string) (Message, error) {
 	headers, err := parseHeaders(row.Headers)
 	if err != nil {
-		return Message{}, fmt.Errorf("row %d: %w", row.ID, err)
+		return Message{}, fmt.Errorf("%w: row %d: %w", ErrInvalid, row.ID, err)
 	}
 	headers["aggregate_type"] = row.AggregateType
 	headers["aggregate_id"] = row.AggregateID

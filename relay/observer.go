@@ -17,7 +17,8 @@ type Observer interface {
 	// Sent reports a Publish call of n messages.
 	Sent(n int)
 	// Confirmed reports that n rows of one Publish call were confirmed
-	// and recorded, latency after the call was made.
+	// and recorded, latency after the call was made; a negative latency
+	// is unknown (rows confirmed before a failure, recorded after it).
 	Confirmed(n int, latency time.Duration)
 	// Failed reports a failure: a round that failed and will be retried,
 	// or a row the broker rejected or that cannot become a message.
@@ -28,6 +29,9 @@ type Observer interface {
 	// Unlocked reports n rows recorded as published whose transaction did
 	// not take their aggregate's ordering lock before its first write.
 	Unlocked(n int)
+	// Skipped reports n rows that died under DeadRowsSkip: their
+	// aggregates go on without them.
+	Skipped(n int)
 }
 
 // Failure is why publishing failed.
@@ -80,3 +84,4 @@ func (nopObserver) Confirmed(int, time.Duration) {}
 func (nopObserver) Failed(Failure)               {}
 func (nopObserver) Blocked(bool)                 {}
 func (nopObserver) Unlocked(int)                 {}
+func (nopObserver) Skipped(int)                  {}

@@ -14,13 +14,28 @@ var errStopped = errors.New("stopped")
 // come.
 const retryEvery = time.Second
 
-// flight is one Publish call awaiting its confirms, or rows to park when the
-// position passes them (then conf is answered already).
+// flight is one Publish call awaiting its confirms, or rows that need no
+// broker, recorded when the position passes them (then conf is answered
+// already and sent is zero): rows to park, rows confirmed before.
 type flight struct {
 	rows []Row
 	conf Confirmation
 	park []Parked
-	sent time.Time // when Publish was called; zero for rows held to park
+	sent time.Time // when Publish was called; zero for rows that need no broker
+	// names are the messages that carry SkippedHeader: once one is
+	// confirmed and recorded, the rows it names are reported.
+	names []naming
+	// before: rows the broker confirmed before a failure, recorded now
+	// without being sent again; they count as published.
+	before bool
+}
+
+// naming is a message that names skipped rows: its index in the flight,
+// its aggregate and the rows' ids.
+type naming struct {
+	index int
+	agg   Aggregate
+	ids   []int64
 }
 
 // pipeline keeps a sliding window of published rows awaiting confirms: it
@@ -35,10 +50,15 @@ type pipeline struct {
 	cursor   Position // last row published
 	flights  []flight
 	inFlight int // rows in flights
+	// inFlightBytes is what those rows hold (Row.Size), bounded by the
+	// window in bytes as inFlight is by the window in rows.
+	inFlightBytes int
 	// ahead holds rows read after the cursor and not yet published, at
 	// most about two batches; reading is the read in progress, which
 	// continues from the end of ahead.
 	ahead      []Row
+	aheadBytes int // what ahead holds (Row.Size)
+	readRows   int // rows the next read asks for, fewer than BatchSize for large rows
 	reading    *read
 	readDue    bool          // the outbox may hold rows after those read
 	idle       time.Duration // next wait for an empty outbox
@@ -49,7 +69,10 @@ type pipeline struct {
 	// deadline is the local time until which the lease is surely valid;
 	// nothing is published after it.
 	deadline time.Time
-	renew    *time.Timer
+	// lost is closed when the store can no longer vouch for the lease:
+	// nothing more is published.
+	lost  <-chan struct{}
+	renew *time.Timer
 	// probe is set after a failure: the next read takes one row, and the
 	// window opens again only once that row is confirmed. A row the
 	// broker keeps returning is then retried alone, instead of taking a
@@ -59,6 +82,13 @@ type pipeline struct {
 	// parked holds the aggregates with parked rows: their new rows are
 	// parked behind them instead of published.
 	parked map[Aggregate]bool
+	// confirmed holds rows after the recorded position that the broker
+	// confirmed before a failure: read again, they are not sent again.
+	confirmed map[Position]bool
+	// gaps holds, per aggregate, the rows it went on without that no
+	// message has named yet: the next message names them. naming holds
+	// those named by a message not yet recorded.
+	gaps, naming map[Aggregate][]Skipped
 	// retry fires when parked rows may be due; retrying waits for the
 	// window to drain (retryWanted), so no held row is still unrecorded.
 	retry       *time.Timer
@@ -86,10 +116,13 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	}
 	blocked, blockChange := p.r.pub.Blocked()
 	p.pause(blocked)
+	if !stopping && closed(p.lost) {
+		return ErrLeaseLost
+	}
 	if !stopping && p.retryWanted && len(p.flights) == 0 && p.writing == nil {
 		p.retryWanted = false
 		p.retry.Reset(retryEvery)
-		if time.Now().After(p.deadline) {
+		if p.expired() {
 			return ErrLeaseLost
 		}
 		if err := p.retryParked(ctx); err != nil {
@@ -98,15 +131,15 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		p.readDue = true
 		return nil
 	}
-	if !stopping && !p.retryWanted && p.room() > 0 && (len(p.ahead) > 0 || p.readDue) {
-		if time.Now().After(p.deadline) {
+	if !stopping && !p.retryWanted && p.hasRoom() && (len(p.ahead) > 0 || p.readDue) {
+		if p.expired() {
 			return ErrLeaseLost // not renewed in time: another replica may lead now
 		}
 		if !p.paused && len(p.ahead) > 0 {
 			return p.publish(ctx)
 		}
 	}
-	if !stopping && !p.paused && p.readDue && p.reading == nil && len(p.ahead) < p.r.cfg.BatchSize {
+	if !stopping && !p.paused && p.readDue && p.reading == nil && len(p.ahead) < p.r.cfg.BatchSize && p.aheadBytes < p.r.cfg.BatchBytes {
 		p.startRead(ctx)
 	}
 	var read <-chan readResult
@@ -129,7 +162,13 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 			tick = p.pollTimer()
 		}
 	}
+	var lost <-chan struct{}
+	if !stopping {
+		lost = p.lost
+	}
 	select {
+	case <-lost:
+		return ErrLeaseLost
 	case <-p.renew.C:
 		return p.renewLease(finish)
 	case err := <-p.written:
@@ -154,6 +193,13 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	case <-stop:
 	}
 	return nil
+}
+
+// expired reports whether the lease can no longer be vouched for: not
+// renewed in time (another replica may lead now), or the store lost the
+// session that proves this replica alive.
+func (p *pipeline) expired() bool {
+	return time.Now().After(p.deadline) || closed(p.lost)
 }
 
 // pause follows the broker's resource alarm. It is checked at every step,
@@ -182,6 +228,7 @@ func (p *pipeline) blocked() bool {
 type read struct {
 	done   chan readResult
 	cancel context.CancelFunc
+	asked  int // rows asked for
 }
 
 type readResult struct {
@@ -196,10 +243,14 @@ func (p *pipeline) startRead(ctx context.Context) {
 		from = p.ahead[n-1].Position()
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	rd := &read{done: make(chan readResult, 1), cancel: cancel}
+	b := p.r.cfg.batch()
+	if p.readRows > 0 {
+		b.Rows = p.readRows
+	}
+	rd := &read{done: make(chan readResult, 1), cancel: cancel, asked: b.Rows}
 	p.reading = rd
 	go func() {
-		rows, err := p.r.store.Read(ctx, from, p.r.cfg.BatchSize)
+		rows, err := p.r.store.Read(ctx, from, b)
 		rd.done <- readResult{rows, err}
 	}()
 }
@@ -209,6 +260,7 @@ func (p *pipeline) startRead(ctx context.Context) {
 // growing waits while the outbox stays empty.
 func (p *pipeline) readDone(ctx context.Context, res readResult) error {
 	cfg := p.r.cfg
+	asked := p.reading.asked
 	p.reading.cancel()
 	p.reading = nil
 	if res.err != nil {
@@ -222,8 +274,15 @@ func (p *pipeline) readDone(ctx context.Context, res readResult) error {
 	} else {
 		p.ahead = append(p.ahead, res.rows...)
 	}
+	bytes := sizeOf(res.rows)
+	p.aheadBytes += bytes
+	if n := len(res.rows); n > 0 {
+		// Ask next time for as many rows as BatchBytes holds at the size
+		// of these: rows past it would be received only to be dropped.
+		p.readRows = min(max(cfg.BatchBytes/(bytes/n), 1), cfg.BatchSize)
+	}
 	switch {
-	case len(res.rows) == cfg.BatchSize:
+	case len(res.rows) == asked || 2*bytes >= cfg.BatchBytes:
 		p.idle = cfg.MinPoll // more are likely waiting: read again now
 	case len(res.rows) > 0:
 		p.readDue, p.idle = false, cfg.MinPoll
@@ -273,121 +332,251 @@ func (p *pipeline) room() int {
 	return n
 }
 
+// hasRoom reports whether more may be published now: the next row read
+// ahead fits in the window, in rows and in bytes. A row larger than the
+// whole window in bytes goes once nothing else is in flight.
+func (p *pipeline) hasRoom() bool {
+	if p.room() <= 0 {
+		return false
+	}
+	if p.inFlight == 0 {
+		return true
+	}
+	need := 1
+	if len(p.ahead) > 0 {
+		need = p.ahead[0].Size()
+	}
+	return p.roomBytes() >= need
+}
+
+// roomBytes is how many more bytes of rows may be published now, as room
+// is for rows.
+func (p *pipeline) roomBytes() int {
+	n := 2*p.r.cfg.BatchBytes - p.inFlightBytes
+	if p.writing != nil {
+		n -= p.writing.bytes
+	}
+	if p.queued != nil {
+		n -= p.queued.bytes
+	}
+	return n
+}
+
+func sizeOf(rows []Row) int {
+	n := 0
+	for i := range rows {
+		n += rows[i].Size()
+	}
+	return n
+}
+
 // publish publishes the rows read ahead that fit in the window, except rows
 // of parked aggregates and rows that cannot become messages, which are
-// parked when the position passes them.
+// parked when the position passes them, and rows the broker confirmed
+// before a failure, which are recorded without being sent again.
 func (p *pipeline) publish(ctx context.Context) error {
 	cfg := p.r.cfg
 	n := min(p.room(), len(p.ahead), cfg.BatchSize)
+	// Within the window in bytes too; a row larger than all of it goes
+	// alone, once nothing else is in flight.
+	for bytes, i := p.roomBytes(), 0; i < n; i++ {
+		if bytes -= p.ahead[i].Size(); bytes < 0 && (i > 0 || p.inFlight > 0) {
+			n = i
+		}
+	}
+	if n == 0 {
+		return nil // cannot happen: hasRoom saw the first row fit
+	}
 	rows := p.ahead[:n:n]
 	p.ahead = p.ahead[n:]
+	p.aheadBytes -= sizeOf(rows)
 
 	start := 0 // first row not yet in a flight
 	msgs := make([]Message, 0, len(rows))
+	var names []naming
 	for i := range rows {
 		row := &rows[i]
-		var park *Parked
-		if p.parked[row.Aggregate()] {
-			park = &Parked{Row: *row}
-		} else if m, err := NewMessage(row, cfg.Exchange); err != nil {
-			pk := cfg.failedOnce(*row, err.Error())
-			park = &pk
-			cfg.Observer.Failed(FailureInvalid)
-			p.r.log.Warn("row cannot become a message: parked", "id", row.ID, "reason", err)
-		} else {
-			msgs = append(msgs, m)
-			continue
+		var park []Parked
+		before := false
+		switch {
+		case p.confirmed[row.Position()]:
+			delete(p.confirmed, row.Position())
+			before = true
+		case p.parked[row.Aggregate()]:
+			park = []Parked{{Row: *row}}
+		case row.PayloadSize > cfg.MaxPayloadBytes:
+			park = []Parked{p.refuse(*row, fmt.Errorf("%w: row %d: its payload of %d bytes is larger than the relay's limit of %d (RELAY_MAX_PAYLOAD_BYTES)",
+				ErrInvalid, row.ID, row.PayloadSize, cfg.MaxPayloadBytes))}
+		default:
+			m, err := NewMessage(row, cfg.Exchange)
+			if err == nil {
+				if ids := p.nameSkipped(&m, nil); ids != nil {
+					names = append(names, naming{i - start, m.Aggregate, ids})
+				}
+				msgs = append(msgs, m)
+				continue
+			}
+			park = []Parked{p.refuse(*row, err)}
 		}
-		p.push(ctx, rows[start:i], msgs)
-		msgs = msgs[len(msgs):]
-		p.hold(rows[i:i+1], []Parked{*park})
+		p.push(ctx, rows[start:i], msgs, names)
+		msgs, names = msgs[len(msgs):], nil
+		p.hold(rows[i:i+1], park, before)
 		start = i + 1
 	}
-	p.push(ctx, rows[start:], msgs)
+	p.push(ctx, rows[start:], msgs, names)
 	return nil
 }
 
+// refuse parks row, which the broker refused or which cannot become a
+// message, after its first failed attempt (dead at once if no retry can
+// help), and holds its aggregate's later rows behind it.
+func (p *pipeline) refuse(row Row, reason error) Parked {
+	pk := p.r.cfg.failedOnce(row, reason)
+	if errors.Is(reason, ErrInvalid) {
+		p.r.cfg.Observer.Failed(FailureInvalid)
+	} else {
+		p.r.cfg.Observer.Failed(FailureRejected)
+	}
+	if pk.Dead {
+		p.died(row, 1, reason)
+	} else {
+		p.r.log.Warn("row rejected: parked, its aggregate waits behind it, others go on",
+			"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "reason", reason)
+	}
+	if !pk.Dead || p.r.cfg.DeadRows == DeadRowsHold {
+		p.parked[row.Aggregate()] = true
+	}
+	return pk
+}
+
 // push publishes rows as one flight.
-func (p *pipeline) push(ctx context.Context, rows []Row, msgs []Message) {
+func (p *pipeline) push(ctx context.Context, rows []Row, msgs []Message, names []naming) {
 	if len(rows) == 0 {
 		return
 	}
 	// A batch that was read is sent whole even if a stop arrives now; the
 	// stop then waits for its confirms like for any other flight.
-	p.flights = append(p.flights, flight{rows: rows, conf: p.r.pub.Publish(context.WithoutCancel(ctx), msgs), sent: time.Now()})
+	p.flights = append(p.flights, flight{rows: rows, conf: p.r.pub.Publish(context.WithoutCancel(ctx), msgs),
+		sent: time.Now(), names: names})
 	p.inFlight += len(rows)
+	p.inFlightBytes += sizeOf(rows)
 	p.r.cfg.Observer.Sent(len(msgs))
 	p.cursor = rows[len(rows)-1].Position()
 }
 
-// hold queues rows to be parked, in order with the flights around them.
-func (p *pipeline) hold(rows []Row, park []Parked) {
-	for _, pk := range park {
-		p.parked[pk.Row.Aggregate()] = true
-	}
-	p.flights = append(p.flights, flight{rows: rows, conf: answered(len(rows)), park: park})
+// hold queues rows that need no broker, to be recorded in order with the
+// flights around them: rows to park, or rows confirmed before a failure.
+func (p *pipeline) hold(rows []Row, park []Parked, before bool) {
+	p.flights = append(p.flights, flight{rows: rows, conf: answered(len(rows)), park: park, before: before})
 	p.inFlight += len(rows)
+	p.inFlightBytes += sizeOf(rows)
 	p.cursor = rows[len(rows)-1].Position()
 }
 
 // record waits for the oldest flight and every later one that is already
 // answered, then records the position once for all of them, parking what
-// they park in the same transaction.
+// they park in the same transaction. Rows the broker refused alone are
+// parked and passed; the first row in doubt stops the position, and ends
+// the round with a failure.
 func (p *pipeline) record(finish context.Context) error {
 	var recorded int
 	var failure error
 	var park []Parked
 	var confirmed []flightDone
 	var published [][]Row
+	var names []naming
+	var bytes int
 	pos := p.r.pos
 	for len(p.flights) > 0 {
 		f := p.flights[0]
 		if recorded > 0 && !closed(f.conf.Done()) {
 			break
 		}
-		n, err := f.conf.Wait(finish)
+		answers, err := f.conf.Wait(finish)
+		n := 0 // leading rows answered
+		ok := 0
+		for n < len(f.rows) && !answers[n].inDoubt() {
+			if answers[n].Refused != nil {
+				park = append(park, p.refuse(f.rows[n], answers[n].Refused))
+			} else {
+				ok++
+			}
+			n++
+		}
+		if n < len(f.rows) && p.probe && len(f.rows) == 1 && errors.Is(err, ErrRejected) {
+			// The row failed alone (a channel exception): it is the
+			// culprit. Park it and go on with the rows after it.
+			park = append(park, p.refuse(f.rows[0], err))
+			p.r.pub.Reset()
+			n, err = 1, nil
+		}
 		if n > 0 {
 			pos = f.rows[n-1].Position()
 			recorded += n
 			park = append(park, f.park...)
-			if !f.sent.IsZero() {
-				confirmed = append(confirmed, flightDone{n, time.Since(f.sent)})
+			for _, nm := range f.names {
+				switch {
+				case nm.index < n && answers[nm.index].Confirmed:
+					names = append(names, nm)
+				case nm.index < n:
+					p.unnamed(nm.agg, nm.ids) // refused: the next one names them
+				}
+			}
+			switch {
+			case !f.sent.IsZero() && ok > 0:
+				confirmed = append(confirmed, flightDone{ok, time.Since(f.sent)})
+				published = append(published, f.rows[:n])
+			case f.before:
+				confirmed = append(confirmed, flightDone{n, -1}) // its latency was lost with the failure
 				published = append(published, f.rows[:n])
 			}
 		}
-		if err != nil && p.probe && len(f.rows) == 1 && n == 0 && errors.Is(err, ErrRejected) {
-			// The row failed alone: it is the culprit. Park it and
-			// go on with the rows after it.
-			row := f.rows[0]
-			park = append(park, p.r.cfg.failedOnce(row, err.Error()))
-			p.parked[row.Aggregate()] = true
-			pos = row.Position()
-			recorded++
-			p.r.pub.Reset()
-			p.readDue = true // go on with the next row
-			p.r.cfg.Observer.Failed(FailureRejected)
-			p.r.log.Warn("row rejected: parked, its aggregate waits behind it, others go on",
-				"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "reason", err)
-			err = nil
-		}
-		if err != nil {
+		if n < len(f.rows) {
+			p.keepConfirmed(f.rows[n:], answers[n:])
 			failure = errorf(finish, "publish: %w", err)
 			break
 		}
 		p.flights = p.flights[1:]
 		p.inFlight -= len(f.rows)
-		switch {
-		case p.probe && f.park == nil && n == len(f.rows):
-			p.probe = false
-			p.readDue = true // the failed row went through: open the window
-		case p.probe:
-			p.readDue = true // parked, not published: probe the next row
+		p.inFlightBytes -= sizeOf(f.rows)
+		bytes += sizeOf(f.rows)
+		if p.probe && !f.sent.IsZero() {
+			// The row after a failure was answered: confirmed, the window
+			// opens again; refused and parked, the next row is probed.
+			p.probe = ok == 0
+			p.readDue = true
+		} else if p.probe {
+			p.readDue = true // held, not published: probe the next row
 		}
 	}
 	if recorded > 0 {
-		p.enqueue(posWrite{pos: pos, rows: recorded, park: park, confirmed: confirmed, published: published})
+		p.enqueue(posWrite{pos: pos, rows: recorded, bytes: bytes, park: park, confirmed: confirmed, published: published, names: names})
 	}
 	return failure
+}
+
+// keepConfirmed remembers, after a failure, the rows the broker confirmed
+// behind the first one in doubt (rows, answers from there on) and in the
+// flights after it that are answered: when they are read again from the
+// recorded position, they are recorded without being sent twice.
+func (p *pipeline) keepConfirmed(rows []Row, answers []Answer) {
+	mark := func(rows []Row, answers []Answer) {
+		for i, a := range answers {
+			if a.Confirmed {
+				p.confirmed[rows[i].Position()] = true
+			}
+		}
+	}
+	mark(rows, answers)
+	for _, f := range p.flights[1:] {
+		if f.sent.IsZero() || !closed(f.conf.Done()) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		answers, _ := f.conf.Wait(ctx)
+		cancel()
+		mark(f.rows, answers)
+	}
 }
 
 // posWrite is a position to record, the rows it parks in the same
@@ -395,9 +584,20 @@ func (p *pipeline) record(finish context.Context) error {
 type posWrite struct {
 	pos       Position
 	rows      int
+	bytes     int // what the rows hold, for the window in bytes
 	park      []Parked
 	confirmed []flightDone
 	published [][]Row // the rows the broker confirmed, for the lock report
+	names     []naming
+}
+
+// reportedIDs are the skipped rows the write's messages named.
+func (w *posWrite) reportedIDs() []int64 {
+	var ids []int64
+	for _, nm := range w.names {
+		ids = append(ids, nm.ids...)
+	}
+	return ids
 }
 
 // writeTimeout bounds one position write.
@@ -416,9 +616,11 @@ func (p *pipeline) enqueue(w posWrite) {
 		q := p.queued
 		q.pos = w.pos
 		q.rows += w.rows
+		q.bytes += w.bytes
 		q.park = append(q.park, w.park...)
 		q.confirmed = append(q.confirmed, w.confirmed...)
 		q.published = append(q.published, w.published...)
+		q.names = append(q.names, w.names...)
 	}
 }
 
@@ -430,8 +632,8 @@ func (p *pipeline) startWrite(w posWrite) {
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 		defer cancel()
-		if len(w.park) > 0 {
-			done <- p.r.store.RecordParked(ctx, w.pos, w.park)
+		if reported := w.reportedIDs(); len(w.park) > 0 || len(reported) > 0 {
+			done <- p.r.store.RecordParked(ctx, w.pos, w.park, reported)
 		} else {
 			done <- p.r.store.Record(ctx, w.pos)
 		}
@@ -456,6 +658,9 @@ func (p *pipeline) wrote(err error) error {
 	now := time.Now()
 	for _, rows := range w.published {
 		p.r.unlocked(rows, now)
+	}
+	for _, nm := range w.names {
+		p.reported(nm.agg, nm.ids)
 	}
 	p.r.log.Debug("recorded", "position", w.pos.String(), "rows", w.rows, "parked", len(w.park))
 	if h := p.r.cfg.Hooks.Recorded; h != nil {
@@ -512,17 +717,22 @@ func (p *pipeline) reset() {
 	p.settle()
 	p.r.pub.Reset()
 	p.stopRead()
-	p.flights, p.inFlight = nil, 0
-	p.ahead = nil
+	p.flights, p.inFlight, p.inFlightBytes = nil, 0, 0
+	p.ahead, p.aheadBytes = nil, 0
 	p.cursor = p.r.pos
 	p.readDue = true
 	p.probe = true
+	// What messages in doubt named is named again by the next ones.
+	for agg, named := range p.naming {
+		p.gaps[agg] = append(p.gaps[agg], named...)
+	}
+	clear(p.naming)
 }
 
 // publishing reports whether a flight that went to the broker is out.
 func (p *pipeline) publishing() bool {
 	for _, f := range p.flights {
-		if f.park == nil {
+		if !f.sent.IsZero() {
 			return true
 		}
 	}
@@ -555,8 +765,16 @@ func closed(c <-chan struct{}) bool {
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// answered is the Confirmation of rows that need no broker: all n count.
+// answered is the Confirmation of n rows that need no broker: all count
+// as answered.
 type answered int
 
-func (a answered) Done() <-chan struct{}             { return closedChan }
-func (a answered) Wait(context.Context) (int, error) { return int(a), nil }
+func (a answered) Done() <-chan struct{} { return closedChan }
+
+func (a answered) Wait(context.Context) ([]Answer, error) {
+	answers := make([]Answer, a)
+	for i := range answers {
+		answers[i].Confirmed = true
+	}
+	return answers, nil
+}

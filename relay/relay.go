@@ -15,10 +15,10 @@ type Store interface {
 	// with an error wrapping ErrPositionAhead when the recorded position or
 	// the table's rows lie beyond the server's transaction counter.
 	Start(ctx context.Context) (Position, error)
-	// Read returns up to limit committed rows after the position, in
-	// publishing order. It never returns a row while an older transaction
-	// that could still commit a row before it is running.
-	Read(ctx context.Context, after Position, limit int) ([]Row, error)
+	// Read returns committed rows after the position, in publishing
+	// order, within the bounds of b. It never returns a row while an older
+	// transaction that could still commit a row before it is running.
+	Read(ctx context.Context, after Position, b Batch) ([]Row, error)
 	// Acquire takes the lease that makes this replica the one publisher of
 	// the table, and returns the recorded position. It fails with an error
 	// wrapping ErrLeaseHeld while another replica holds the lease.
@@ -29,6 +29,11 @@ type Store interface {
 	Renew(ctx context.Context, state string) error
 	// Release gives the lease up (at a clean stop).
 	Release(ctx context.Context) error
+	// Lost returns a channel closed when this replica can no longer
+	// vouch for the lease it took last, before the lease runs out (the
+	// session that proves it alive ended): a leader stops publishing at
+	// once, since another replica may take over.
+	Lost() <-chan struct{}
 	// Record stores pos as the recorded position. It fails with
 	// ErrLeaseLost if another replica took the lease: the write is fenced.
 	Record(ctx context.Context, pos Position) error
@@ -61,10 +66,37 @@ type Confirmation interface {
 	// Done is closed when the answer is likely complete; Wait may still
 	// block briefly for confirms that arrive out of order.
 	Done() <-chan struct{}
-	// Wait waits for every message to be confirmed, returned or nacked, or
-	// for ctx. It returns how many leading messages the broker confirmed
-	// without returning them; fewer than were sent come with the reason.
-	Wait(ctx context.Context) (confirmed int, err error)
+	// Wait waits for the broker's answer to every message, or for ctx. It
+	// returns one Answer per message given to Publish, in order. Messages
+	// that are neither confirmed nor refused are in doubt (a closed
+	// channel or connection, a failure to send, ctx); err says why, and
+	// the core sends them again.
+	Wait(ctx context.Context) (answers []Answer, err error)
+}
+
+// Answer is the broker's answer for one message.
+type Answer struct {
+	// Confirmed: the broker took responsibility for the message.
+	Confirmed bool
+	// Refused, when set, is why the broker refused this message alone
+	// (returned as unroutable, nacked on a live channel), or why it cannot
+	// be sent at all; the other messages of the call are not affected. It
+	// wraps ErrRejected, and ErrInvalid too when no retry can help.
+	Refused error
+}
+
+// inDoubt reports whether the broker gave the message no answer.
+func (a Answer) inDoubt() bool { return !a.Confirmed && a.Refused == nil }
+
+// Leading returns how many leading answers are confirmed, and the refusal
+// of the first that is not, if the broker refused it (nil if in doubt).
+func Leading(answers []Answer) (int, error) {
+	for i, a := range answers {
+		if !a.Confirmed {
+			return i, a.Refused
+		}
+	}
+	return len(answers), nil
 }
 
 // ErrPositionAhead means the recorded position or rows of the outbox are
@@ -75,6 +107,10 @@ var ErrPositionAhead = errors.New("outbox is ahead of the database's transaction
 
 // ErrLeaseHeld means another replica holds the lease: this one stands by.
 var ErrLeaseHeld = errors.New("lease held")
+
+// ErrNameInUse means another live replica has this replica's name: this
+// one does not lead until it is gone.
+var ErrNameInUse = errors.New("replica name in use")
 
 // ErrLeaseLost means this replica no longer holds the lease: it stops
 // publishing and stands by.
@@ -131,13 +167,13 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	}
 	for {
-		pos, deadline, parked, ok := r.acquire(ctx)
+		term, ok := r.acquire(ctx)
 		if !ok {
 			r.log.Info("stopped", "position", r.pos.String())
 			return nil
 		}
-		r.pos = pos
-		err := r.lead(ctx, deadline, parked)
+		r.pos = term.pos
+		err := r.lead(ctx, term)
 		r.locks.flush(time.Now())
 		if !errors.Is(err, ErrLeaseLost) {
 			return err
@@ -149,30 +185,52 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
+// term is what a replica starts leading with: the position to publish
+// from, the local time until which the lease is surely valid, the
+// aggregates held back by parked rows, the rows aggregates went on without
+// that no message has named yet, and the store's signal that the lease can
+// no longer be vouched for.
+type term struct {
+	pos      Position
+	deadline time.Time
+	parked   []Aggregate
+	gaps     map[Aggregate][]Skipped
+	lost     <-chan struct{}
+}
+
 // acquire stands by until this replica holds the lease, and returns the
-// position to publish from, the local time until which the lease is surely
-// valid, and the aggregates with parked rows. It returns false when ctx
-// ends first.
-func (r *Relay) acquire(ctx context.Context) (Position, time.Time, []Aggregate, bool) {
+// term it leads in. It returns false when ctx ends first.
+func (r *Relay) acquire(ctx context.Context) (term, bool) {
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
 	var waiting string
 	for ctx.Err() == nil {
 		r.cfg.Observer.Alive()
 		t0 := time.Now()
-		pos, err := r.store.Acquire(ctx)
-		var parked []Aggregate
+		t := term{deadline: t0.Add(r.cfg.leaseValid())}
+		var err error
+		t.pos, err = r.store.Acquire(ctx)
 		if err == nil {
-			parked, err = r.store.ParkedAggregates(ctx)
+			t.lost = r.store.Lost()
+			t.parked, err = r.store.ParkedAggregates(ctx, r.cfg.DeadRows)
+		}
+		if err == nil {
+			t.gaps, err = r.store.Skipped(ctx, r.cfg.DeadRows)
 		}
 		switch {
 		case err == nil:
-			r.log.Info("leading: took the lease", "position", pos.String(), "parked_aggregates", len(parked))
+			r.log.Info("leading: took the lease", "position", t.pos.String(), "parked_aggregates", len(t.parked))
 			r.cfg.Observer.Leading(true)
 			if h := r.cfg.Hooks.Leading; h != nil {
 				h()
 			}
-			return pos, t0.Add(r.cfg.leaseValid()), parked, true
+			return t, true
 		case ctx.Err() != nil:
+		case errors.Is(err, ErrNameInUse):
+			if waiting != err.Error() {
+				r.log.Error("not leading: another running replica has this one's name", "err", err)
+			}
+			waiting = err.Error()
+			r.sleep(ctx, r.cfg.LeaseTimeout/4+rand.N(r.cfg.LeaseTimeout/8+1))
 		case errors.Is(err, ErrLeaseHeld):
 			if waiting == "" {
 				r.log.Info("standing by: another replica leads", "lease", err)
@@ -184,19 +242,25 @@ func (r *Relay) acquire(ctx context.Context) (Position, time.Time, []Aggregate, 
 			r.sleep(ctx, retry.next())
 		}
 	}
-	return Position{}, time.Time{}, nil, false
+	return term{}, false
 }
 
 // lead publishes while this replica holds the lease. It returns nil after a
 // clean stop, ErrShutdownTimeout, or an error wrapping ErrLeaseLost once the
 // lease is gone (nothing more is published then).
-func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate) error {
+func (r *Relay) lead(ctx context.Context, t term) error {
 	finish, cancel := drainContext(ctx, r.cfg.ShutdownTimeout)
 	defer cancel()
 	defer r.cfg.Observer.Leading(false)
 
-	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll, deadline: deadline,
-		renew: time.NewTimer(r.cfg.renewEvery()), retry: time.NewTimer(0), parked: map[Aggregate]bool{},
+	gaps := t.gaps
+	if gaps == nil {
+		gaps = map[Aggregate][]Skipped{}
+	}
+	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll, deadline: t.deadline, lost: t.lost,
+		renew: time.NewTimer(r.cfg.renewEvery()), retry: time.NewTimer(0), parked: map[Aggregate]bool{}, confirmed: map[Position]bool{},
+		gaps:     gaps,
+		naming:   map[Aggregate][]Skipped{},
 		writeCtx: context.WithoutCancel(ctx)}
 	defer p.renew.Stop()
 	defer p.retry.Stop()
@@ -206,7 +270,7 @@ func (r *Relay) lead(ctx context.Context, deadline time.Time, parked []Aggregate
 			r.cfg.Observer.Blocked(false)
 		}
 	}()
-	for _, a := range parked {
+	for _, a := range t.parked {
 		p.parked[a] = true
 	}
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}

@@ -233,17 +233,21 @@ type faultyConfirmation struct {
 	msgs []relay.Message
 }
 
-func (c *faultyConfirmation) Wait(ctx context.Context) (int, error) {
-	n, err := c.Confirmation.Wait(ctx)
+func (c *faultyConfirmation) Wait(ctx context.Context) ([]relay.Answer, error) {
+	answers, err := c.Confirmation.Wait(ctx)
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()
-	for i, m := range c.msgs[:n] {
-		if id := m.Headers["outbox_id"].(int64); c.f.targets[id] {
+	for i, m := range c.msgs {
+		if id := m.Headers["outbox_id"].(int64); c.f.targets[id] && answers[i].Confirmed {
 			delete(c.f.targets, id)
-			return i, errInjected // everything from i on reached the broker but is in doubt
+			// Everything from i on reached the broker but is in doubt.
+			for j := i; j < len(answers); j++ {
+				answers[j] = relay.Answer{}
+			}
+			return answers, errInjected
 		}
 	}
-	return n, err
+	return answers, err
 }
 
 func TestRelayRepublishesFromTheFirstUnconfirmedRow(t *testing.T) {
@@ -273,9 +277,9 @@ func TestRelayRepublishesFromTheFirstUnconfirmedRow(t *testing.T) {
 // stalled never confirms, like a broker that stopped answering.
 type stalled struct{ started chan struct{} }
 
-func (s stalled) Publish(context.Context, []relay.Message) relay.Confirmation {
+func (s stalled) Publish(_ context.Context, msgs []relay.Message) relay.Confirmation {
 	close(s.started)
-	return stalledConfirmation{}
+	return stalledConfirmation{n: len(msgs)}
 }
 
 func (s stalled) Reset() {}
@@ -284,13 +288,13 @@ func (s stalled) Connect(context.Context) error { return nil }
 
 func (s stalled) Blocked() (bool, <-chan struct{}) { return false, nil }
 
-type stalledConfirmation struct{}
+type stalledConfirmation struct{ n int }
 
 func (stalledConfirmation) Done() <-chan struct{} { return nil }
 
-func (stalledConfirmation) Wait(ctx context.Context) (int, error) {
+func (c stalledConfirmation) Wait(ctx context.Context) ([]relay.Answer, error) {
 	<-ctx.Done()
-	return 0, context.Cause(ctx)
+	return make([]relay.Answer, c.n), context.Cause(ctx)
 }
 
 func TestRelayShutdownGivesUpAfterTimeout(t *testing.T) {
@@ -595,8 +599,8 @@ type readSignal struct {
 	read chan struct{}
 }
 
-func (s readSignal) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
-	rows, err := s.Store.Read(ctx, after, limit)
+func (s readSignal) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
+	rows, err := s.Store.Read(ctx, after, b)
 	select {
 	case s.read <- struct{}{}:
 	default:
@@ -732,13 +736,13 @@ type gatedReads struct {
 	*barrier
 }
 
-func (s *gatedReads) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+func (s *gatedReads) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
 	if s.found.Load() {
 		if err := s.hold(ctx); err != nil {
 			return nil, err
 		}
 	}
-	rows, err := s.Store.Read(ctx, after, limit)
+	rows, err := s.Store.Read(ctx, after, b)
 	if len(rows) > 0 {
 		s.found.Store(true)
 	}

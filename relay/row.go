@@ -38,7 +38,29 @@ type Row struct {
 	// Lock says whether the row's transaction took its aggregate's
 	// ordering lock before its first write.
 	Lock Lock
+	// PayloadSize is the payload's size in bytes; a payload larger than
+	// the read's Batch.MaxPayload was not loaded (Payload nil).
+	PayloadSize int
 }
+
+// Batch bounds one read, so that memory is bounded by bytes as well as by
+// rows, whatever the rows hold. Zero fields bound nothing.
+type Batch struct {
+	// Rows is the most rows returned.
+	Rows int
+	// Bytes is the most bytes of payloads and headers returned, past the
+	// first row (which is always returned, however large).
+	Bytes int
+	// MaxPayload is the largest payload loaded: a larger one is left out
+	// (Payload nil) and only its size told (PayloadSize).
+	MaxPayload int
+}
+
+// Size is what the row's payload and headers hold in memory, roughly.
+func (r *Row) Size() int { return len(r.Payload) + len(r.Headers) + rowOverhead }
+
+// rowOverhead is what a row's other fields take, roughly.
+const rowOverhead = 200
 
 // Position returns the row's place in publishing order.
 func (r *Row) Position() Position { return Position{TxID: r.TxID, ID: r.ID} }

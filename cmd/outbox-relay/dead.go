@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -13,8 +14,8 @@ import (
 )
 
 const deadUsage = `usage: outbox-relay dead list [--json]
-       outbox-relay dead retry <id>... | --all
-       outbox-relay dead drop <id>... | --all
+       outbox-relay dead retry [--dry-run] <id>... | --all
+       outbox-relay dead drop [--dry-run] <id>... | --all
 
 A row the broker keeps rejecting (no route, a missing exchange, a body too
 large) or that cannot become a message is retried with backoff and, after
@@ -24,6 +25,17 @@ behind it; other aggregates flow on.
   list    the dead rows, with reason, attempts, age and how many rows wait
   retry   send them back for publishing: the leader tries them at once, in order
   drop    discard them: they are never published, the rows behind them go on
+
+retry and drop name the database and table they act on, and log a line per
+row (on stderr, in RELAY_LOG_FORMAT). With --dry-run they print the dead
+rows they would act on, in the format of list, and change nothing. Ids that
+are not dead rows of the table make the exit status 1, after the others
+are acted on.
+
+flags:
+  --all      every dead row (retry, drop)
+  --dry-run  print what would be acted on; change nothing (retry, drop)
+  --json     print one JSON array (list)
 `
 
 func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -38,16 +50,26 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := flag.NewFlagSet("dead "+sub, flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print one JSON array (list)")
 	all := fs.Bool("all", false, "every dead row (retry, drop)")
+	dryRun := fs.Bool("dry-run", false, "print what would be acted on; change nothing (retry, drop)")
 	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			fmt.Fprint(stderr, deadUsage)
-			return errHelp
+	// Flags may come after the ids too (dead drop 12 --dry-run): the flag
+	// package stops at the first id, so parsing goes on after each.
+	var operands []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if err == flag.ErrHelp {
+				fmt.Fprint(stderr, deadUsage)
+				return errHelp
+			}
+			return &usageError{fmt.Sprintf("dead %s: %v", sub, err)}
 		}
-		return &usageError{fmt.Sprintf("dead %s: %v", sub, err)}
+		if fs.NArg() == 0 {
+			break
+		}
+		operands, args = append(operands, fs.Arg(0)), fs.Args()[1:]
 	}
 	var ids []int64
-	for _, a := range fs.Args() {
+	for _, a := range operands {
 		id, err := strconv.ParseInt(a, 10, 64)
 		if err != nil || id <= 0 {
 			return &usageError{fmt.Sprintf("dead %s: %q is not a row id", sub, a)}
@@ -56,8 +78,8 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	switch sub {
 	case "list":
-		if len(ids) > 0 || *all {
-			return &usageError{"dead list: takes no ids"}
+		if len(ids) > 0 || *all || *dryRun {
+			return &usageError{"dead list: takes no ids, --all or --dry-run"}
 		}
 	case "retry", "drop":
 		if *asJSON || (len(ids) == 0) == !*all {
@@ -74,51 +96,89 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer store.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	// The table as configured and the database without its password: an
+	// operator with several outboxes sees which one was touched.
+	where := fmt.Sprintf("table %s in %s", e.Table, postgres.Describe(e.DatabaseURL))
 
-	switch sub {
-	case "list":
+	if sub == "list" {
 		dead, err := store.Dead(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("dead rows of %s: %w", where, err)
 		}
 		if *asJSON {
+			// encoding/json escapes control characters: the writers' text
+			// cannot reach a terminal raw through this.
 			if dead == nil {
 				dead = []postgres.DeadRow{}
 			}
 			return json.NewEncoder(stdout).Encode(dead)
 		}
 		if len(dead) == 0 {
-			fmt.Fprintln(stdout, "no dead rows")
+			fmt.Fprintf(stdout, "no dead rows in %s\n", where)
 		}
 		for _, d := range dead {
-			fmt.Fprintf(stdout, "%d  %s/%s  %s -> %s  attempts %d  dead for %s, %d waiting behind it\n    %s\n",
-				d.ID, d.AggregateType, d.AggregateID, d.EventType, d.RoutingKey, d.Attempts,
-				time.Duration(d.AgeSeconds*float64(time.Second)).Round(time.Second), d.Waiting, d.Reason)
+			printDead(stdout, d)
 		}
 		return nil
-	case "retry":
-		done, err := store.RetryDead(ctx, *all, ids)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%d dead rows sent back for publishing: %v\n", len(done), done)
-		return missing(ids, done)
-	default:
-		done, err := store.DropDead(ctx, *all, ids)
-		if err != nil {
-			return err
-		}
-		log := newLogger(e, stderr)
-		for _, id := range done {
-			log.Warn("dead row dropped: it will never be published", "id", id)
-		}
-		fmt.Fprintf(stdout, "%d dead rows dropped: %v\n", len(done), done)
-		return missing(ids, done)
 	}
+	act, did, level, logMsg := store.RetryDead, "sent back for publishing", slog.LevelInfo, "dead row sent back for publishing"
+	if sub == "drop" {
+		act, did, level, logMsg = store.DropDead, "dropped", slog.LevelWarn, "dead row dropped: it will never be published"
+	}
+	if *dryRun {
+		return deadDryRun(ctx, store, *all, ids, where, did, stdout)
+	}
+	done, err := act(ctx, *all, ids)
+	if err != nil {
+		return fmt.Errorf("%s dead rows of %s: %w", sub, where, err)
+	}
+	log := newLogger(e, stderr)
+	for _, id := range done {
+		log.Log(ctx, level, logMsg, "table", e.Table, "id", id)
+	}
+	fmt.Fprintf(stdout, "%s of %s %s: %v\n", deadRows(len(done)), where, did, done)
+	return missing(ids, done, where)
+}
+
+// deadDryRun prints the dead rows (all, or those of ids) that retry or drop
+// would act on, and changes nothing.
+func deadDryRun(ctx context.Context, store *postgres.Store, all bool, ids []int64, where, did string, stdout io.Writer) error {
+	dead, err := store.Dead(ctx)
+	if err != nil {
+		return fmt.Errorf("dead rows of %s: %w", where, err)
+	}
+	asked := map[int64]bool{}
+	for _, id := range ids {
+		asked[id] = true
+	}
+	var would []int64
+	for _, d := range dead {
+		if all || asked[d.ID] {
+			printDead(stdout, d)
+			would = append(would, d.ID)
+		}
+	}
+	fmt.Fprintf(stdout, "dry run: %s of %s would be %s: %v; nothing was changed\n", deadRows(len(would)), where, did, would)
+	return missing(ids, would, where)
+}
+
+// deadRows says "1 dead row", "2 dead rows".
+func deadRows(n int) string {
+	if n == 1 {
+		return "1 dead row"
+	}
+	return fmt.Sprintf("%d dead rows", n)
+}
+
+// printDead prints a dead row in two lines, its writers' text escaped.
+func printDead(w io.Writer, d postgres.DeadRow) {
+	fmt.Fprintf(w, "%d  %s/%s  %s -> %s  attempts %d  dead for %s, %d waiting behind it\n    %s\n",
+		d.ID, termField(d.AggregateType), termField(d.AggregateID), termField(d.EventType), termField(d.RoutingKey), d.Attempts,
+		time.Duration(d.AgeSeconds*float64(time.Second)).Round(time.Second), d.Waiting, termText(d.Reason))
 }
 
 // missing reports ids that were asked for but are not dead rows.
-func missing(asked, done []int64) error {
+func missing(asked, done []int64, where string) error {
 	got := map[int64]bool{}
 	for _, id := range done {
 		got[id] = true
@@ -130,7 +190,7 @@ func missing(asked, done []int64) error {
 		}
 	}
 	if len(miss) > 0 {
-		return fmt.Errorf("not dead rows of this table: %v", miss)
+		return fmt.Errorf("not dead rows of %s: %v", where, miss)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
+	"github.com/outboxrelay/outboxrelay/relay/postgres"
 )
 
 func TestDeadCommands(t *testing.T) {
@@ -61,13 +62,41 @@ VALUES ('order', $1, 'Lonely', 'amq.direct', $1, '{}')`, key); err != nil {
 		t.Errorf("dead retry of a row that is not dead: exit %d, want 1", code)
 	}
 
-	// Drop one; retry the other once a queue is bound: it arrives.
-	if code, out := runCmd(t, env, "dead", "drop", strconv.FormatInt(dead[1].ID, 10)); code != 0 {
+	// A dry run names the rows, the table and the database, and changes
+	// nothing.
+	where := "table outbox in " + postgres.Describe(dbURL)
+	first, second := strconv.FormatInt(dead[0].ID, 10), strconv.FormatInt(dead[1].ID, 10)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dead", "drop", "--dry-run", "--all"}, "dry run: 2 dead rows of " + where + " would be dropped: [" + first + " " + second + "]; nothing was changed"},
+		{[]string{"dead", "retry", second, "--dry-run"}, "dry run: 1 dead row of " + where + " would be sent back for publishing: [" + second + "]; nothing was changed"},
+	} {
+		code, out := runCmd(t, env, c.args...)
+		if code != 0 || !strings.Contains(out, c.want) || !strings.Contains(out, "NO_ROUTE") {
+			t.Errorf("%v: exit %d, want 0 and %q with the rows:\n%s", c.args, code, c.want, out)
+		}
+		if code, out := runCmd(t, env, "dead", "list", "--json"); code != 0 || strings.Count(out, `"id":`) != 2 {
+			t.Fatalf("after %v: exit %d, %s; want the 2 dead rows still dead", c.args, code, out)
+		}
+	}
+	if code, out := runCmd(t, env, "dead", "drop", "--dry-run", "999999"); code != 1 || !strings.Contains(out, "not dead rows of "+where+": [999999]") {
+		t.Errorf("dead drop --dry-run of a row that is not dead: exit %d, want 1: %s", code, out)
+	}
+
+	// Drop one; retry the other once a queue is bound: it arrives. Each
+	// says where it acted and leaves a log line per row.
+	code, out := runCmd(t, env, "dead", "drop", second)
+	if code != 0 || !strings.Contains(out, "1 dead row of "+where+" dropped: ["+second+"]") ||
+		!strings.Contains(out, `msg="dead row dropped: it will never be published" table=outbox id=`+second) {
 		t.Fatalf("dead drop: exit %d: %s", code, out)
 	}
 	list(1)
 	queue := broker.DeclareQueue(t, "amq.direct", "nobody.listens")
-	if code, out := runCmd(t, env, "dead", "retry", "--all"); code != 0 {
+	code, out = runCmd(t, env, "dead", "retry", "--all")
+	if code != 0 || !strings.Contains(out, "1 dead row of "+where+" sent back for publishing: ["+first+"]") ||
+		!strings.Contains(out, `msg="dead row sent back for publishing" table=outbox id=`+first) {
 		t.Fatalf("dead retry --all: exit %d: %s", code, out)
 	}
 	ch, err := broker.Dial(t).Channel()

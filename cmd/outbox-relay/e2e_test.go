@@ -266,7 +266,9 @@ func TestRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T) {
 	}
 	stopClean(t, p)
 	r.check(t, faults*window)
-	if !strings.Contains(p.log(), "publishing recovered") {
+	// A fault fails a round (then publishing recovers) or ends the session
+	// that holds the replica's name (then it takes its lease back).
+	if !strings.Contains(p.log(), "publishing recovered") && strings.Count(p.log(), "leading: took the lease") < 2 {
 		t.Errorf("no recovery was logged")
 	}
 }
@@ -295,7 +297,9 @@ func TestSurvivesPostgresCrashRestarts(t *testing.T) {
 	}
 	stopClean(t, p)
 	r.check(t, restarts*window)
-	if !strings.Contains(p.log(), "publishing recovered") {
+	// A restart fails a round (then publishing recovers) or ends the
+	// session that holds the replica's name (then it takes its lease back).
+	if !strings.Contains(p.log(), "publishing recovered") && strings.Count(p.log(), "leading: took the lease") < 2 {
 		t.Errorf("no recovery was logged")
 	}
 }

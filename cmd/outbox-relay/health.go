@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-
-	"github.com/kelseyhightower/envconfig"
 )
 
 const healthUsage = `usage: outbox-relay health
@@ -32,9 +30,9 @@ func healthCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	// Only RELAY_HTTP_ADDR matters here: a health check must not fail on
 	// the database URL the relay itself validates at start.
-	var e env
-	if err := envconfig.Process("RELAY", &e); err != nil {
-		return &usageError{err.Error()}
+	e, err := readEnv()
+	if err != nil {
+		return err
 	}
 	url, err := healthURL(e.HTTPAddr)
 	if err != nil {

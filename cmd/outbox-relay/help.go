@@ -46,7 +46,7 @@ func printHelp(w io.Writer) {
 		case def == "":
 			def = `""`
 		}
-		fmt.Fprintf(tw, "  RELAY_%s\t%s\t%s\n", f.Tag.Get("envconfig"), def, f.Tag.Get("desc"))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", varName(f), def, f.Tag.Get("desc"))
 	}
 	fmt.Fprintf(tw, "  GOGC\t%d\t%s\n", gcpercent.Default, "Go's garbage-collection target. The relay collects less often than Go's default of 100: less CPU per message, 10 to 18 MB more memory. GOGC=100 trades the CPU back for the memory.")
 	tw.Flush()

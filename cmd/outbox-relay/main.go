@@ -75,5 +75,5 @@ func newLogger(e *env, w io.Writer) *slog.Logger {
 }
 
 // logThrottle is the shortest time between two warnings or errors with the
-// same message.
+// same message about the same row (see throttle).
 const logThrottle = 30 * time.Second

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/relay"
@@ -26,7 +27,11 @@ after it are pending and the relay publishes them anyway; parked and dead
 rows were never published: neither is replayed, both are counted. Rows that
 retention (RELAY_RETENTION) deleted cannot be replayed: a selection that
 reaches them is reported, and if nothing at all could be sent the exit
-status is 1.
+status is 1. A row that cannot become a message (headers that cannot
+become AMQP headers, say, edited after it was published) is skipped with a
+warning naming it, and the rest goes out in order; the summary counts and
+names the skipped rows. Skipped rows alone leave the exit status 0, as no
+rerun could send them: look for the warnings.
 
 Replay takes no lease and may run while the relay runs: replayed messages
 interleave with live ones, so consumers must deduplicate on message_id.
@@ -140,7 +145,7 @@ func replayCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("replay from %s: %w", postgres.Describe(e.DatabaseURL), err)
 	}
-	r := &replayer{flags: f, env: e, store: store, broker: broker, plan: plan, out: stdout}
+	r := &replayer{flags: f, env: e, store: store, broker: broker, plan: plan, out: stdout, errOut: stderr}
 	sendErr := r.run(ctx)
 	r.report(stdout, stderr)
 	switch {
@@ -160,7 +165,11 @@ type replayer struct {
 	broker *rabbitmq.Broker // nil for a dry run
 	plan   postgres.ReplayPlan
 	out    io.Writer
-	sent   int // rows sent and confirmed (or printed, for a dry run)
+	errOut io.Writer // warnings
+	sent   int       // rows sent and confirmed (or printed, for a dry run)
+	// skipped are the ids of the rows that cannot become messages (their
+	// headers cannot become AMQP headers), in publishing order.
+	skipped []int64
 }
 
 // run reads the selection page by page in publishing order and publishes
@@ -177,35 +186,54 @@ func (r *replayer) run(ctx context.Context) error {
 		}
 		after = rows[len(rows)-1].Position()
 		msgs := make([]relay.Message, 0, len(rows))
+		sending := make([]*relay.Row, 0, len(rows)) // the row of each message
 		for i := range rows {
-			m, err := relay.NewMessage(&rows[i], r.env.Exchange)
+			row := &rows[i]
+			m, err := relay.NewMessage(row, r.env.Exchange)
 			if err != nil {
-				return fmt.Errorf("replay row %d: %w", rows[i].ID, err)
+				// The row's own fault, and no retry cures it: the rest of
+				// the selection still goes out, and the row is named.
+				r.skip(row, err)
+				continue
 			}
 			m.Headers[replayHeader] = true
 			if r.flags.toQueue != "" {
 				m.Exchange, m.RoutingKey = "", r.flags.toQueue
 			}
-			msgs = append(msgs, m)
+			msgs, sending = append(msgs, m), append(sending, row)
 		}
 		if r.broker == nil {
 			for i, m := range msgs {
-				row := &rows[i]
+				row := sending[i]
 				fmt.Fprintf(r.out, "%d  txid %d  %s/%s  %s  exchange %q  routing key %q  message_id %s\n",
-					row.ID, row.TxID, row.AggregateType, row.AggregateID, row.EventType, m.Exchange, m.RoutingKey, m.MessageID)
+					row.ID, row.TxID, termField(row.AggregateType), termField(row.AggregateID), termField(row.EventType),
+					m.Exchange, m.RoutingKey, termField(m.MessageID))
 			}
 			r.sent += len(msgs)
 			continue
 		}
+		if len(msgs) == 0 {
+			continue
+		}
 		wctx, cancel := context.WithTimeout(ctx, replayConfirmTimeout)
-		n, err := r.broker.Publish(wctx, msgs).Wait(wctx)
+		answers, err := r.broker.Publish(wctx, msgs).Wait(wctx)
 		cancel()
+		n, refused := relay.Leading(answers)
 		r.sent += n
-		if err != nil {
+		if err == nil {
+			err = refused
+		}
+		if n < len(msgs) {
 			return fmt.Errorf("replay stopped after %d rows, at row %d (rerun it to send the rest; consumers deduplicate): %w",
-				r.sent, rows[min(n, len(rows)-1)].ID, err)
+				r.sent, sending[n].ID, err)
 		}
 	}
+}
+
+// skip records a row that cannot become a message and warns about it.
+func (r *replayer) skip(row *relay.Row, err error) {
+	r.skipped = append(r.skipped, row.ID)
+	fmt.Fprintf(r.errOut, "outbox-relay replay: warning: row %d skipped: %s\n", row.ID, termText(err.Error()))
 }
 
 // report prints the summary and what the selection holds that was not
@@ -217,6 +245,10 @@ func (r *replayer) report(stdout, stderr io.Writer) {
 		fmt.Fprintf(stdout, "dry run: %s would be replayed from %s (published up to position %s); nothing was sent\n", rowCount(r.sent), p.Table, p.Position)
 	default:
 		fmt.Fprintf(stdout, "replayed %s from %s (published up to position %s)\n", rowCount(r.sent), p.Table, p.Position)
+	}
+	if len(r.skipped) > 0 {
+		fmt.Fprintf(stdout, "%s of the selection skipped: cannot become messages, so not replayed (%s; the warnings say why)\n",
+			rowCount(len(r.skipped)), idList(r.skipped))
 	}
 	if !p.Started {
 		fmt.Fprintf(stdout, "the relay has not started on %s yet: nothing is published\n", p.Table)
@@ -232,6 +264,30 @@ func (r *replayer) report(stdout, stderr io.Writer) {
 		fmt.Fprintf(stderr, "outbox-relay replay: warning: published rows created up to %s (ids up to %d) were deleted by retention (RELAY_RETENTION): those the selection asks for are not replayed\n",
 			p.PrunedUntil.UTC().Format(time.RFC3339), p.PrunedID)
 	}
+}
+
+// maxListedIDs bounds the ids a summary line lists; the warnings name
+// every one.
+const maxListedIDs = 20
+
+// idList says "id 7" or "ids 7, 9, 12", and "and 3 more" past
+// maxListedIDs.
+func idList(ids []int64) string {
+	var b strings.Builder
+	b.WriteString("id")
+	if len(ids) > 1 {
+		b.WriteString("s")
+	}
+	for i, id := range ids[:min(len(ids), maxListedIDs)] {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, " %d", id)
+	}
+	if len(ids) > maxListedIDs {
+		fmt.Fprintf(&b, " and %d more", len(ids)-maxListedIDs)
+	}
+	return b.String()
 }
 
 // rowCount says "1 row", "2 rows".

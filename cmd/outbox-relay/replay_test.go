@@ -201,6 +201,61 @@ RETURNING id, event_id::text`, agg, exchange, age.Milliseconds()).Scan(&r.id, &r
 		empty(t, ch, queue)
 	})
 
+	t.Run("rows that cannot become messages", func(t *testing.T) {
+		// Published rows whose headers were edited since into values that
+		// cannot become AMQP headers: replay names and skips them, and
+		// sends the rest in order.
+		bad := []int64{young[1].id, young[4].id}
+		if _, err := pool.Exec(ctx, `UPDATE outbox SET headers = '{"nested":{"x":1}}' WHERE id = ANY($1)`, bad); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if _, err := pool.Exec(ctx, `UPDATE outbox SET headers = '{"tenant":"acme"}' WHERE id = ANY($1)`, bad); err != nil {
+				t.Error(err)
+			}
+		})
+		good := []outboxRow{young[0], young[2], young[3], young[5]}
+		skipped := fmt.Sprintf("2 rows of the selection skipped: cannot become messages, so not replayed (ids %d, %d;", bad[0], bad[1])
+		warnings := []string{fmt.Sprintf("row %d skipped: ", bad[0]), fmt.Sprintf("row %d skipped: ", bad[1]), "bad headers"}
+
+		code, out := runCmd(t, env, "replay", "--all", "--dry-run")
+		var printed []string
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "message_id") {
+				printed = append(printed, strings.Fields(line)[0])
+			}
+		}
+		var want []string
+		for _, r := range good {
+			want = append(want, strconv.FormatInt(r.id, 10))
+		}
+		if code != 0 || !slices.Equal(printed, want) {
+			t.Errorf("replay --all --dry-run: exit %d, printed rows %v; want 0 and rows %v:\n%s", code, printed, want, out)
+		}
+		for _, s := range append([]string{"dry run: 4 rows would be replayed", skipped}, warnings...) {
+			if !strings.Contains(out, s) {
+				t.Errorf("dry run output lacks %q:\n%s", s, out)
+			}
+		}
+
+		code, out = runCmd(t, env, "replay", "--all", "--to-queue", other)
+		if code != 0 {
+			t.Errorf("replay --all: exit %d, want 0:\n%s", code, out)
+		}
+		for _, s := range append([]string{"replayed 4 rows", skipped}, warnings...) {
+			if !strings.Contains(out, s) {
+				t.Errorf("replay output lacks %q:\n%s", s, out)
+			}
+		}
+		got := take(t, ch, other, len(good))
+		for i, d := range got {
+			if d.MessageId != good[i].eventID {
+				t.Errorf("message %d is %s, want row %d (%s)", i, d.MessageId, good[i].id, good[i].eventID)
+			}
+		}
+		empty(t, ch, other)
+	})
+
 	// Replays leave the relay's position alone: the pending row is still
 	// pending.
 	var after bool

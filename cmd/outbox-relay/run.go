@@ -155,7 +155,7 @@ func (m *Main) Run(ctx context.Context) error {
 			return &usageError{fmt.Sprintf("RELAY_HTTP_ADDR: %v", err)}
 		}
 		wg.Go(func() { sampleOutbox(lctx, m.store, m.metrics, sampleEvery) })
-		m.http = &http.Server{Handler: probeHandler(m.metrics, stuckAfter(m.env)), ReadHeaderTimeout: 5 * time.Second}
+		m.http = newHTTPServer(probeHandler(m.metrics, stuckAfter(m.env)))
 		wg.Go(func() {
 			if err := m.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				m.log.Error("http server stopped", "err", err)
@@ -168,6 +168,22 @@ func (m *Main) Run(ctx context.Context) error {
 		return fmt.Errorf("relay: %w", err)
 	}
 	return nil
+}
+
+// newHTTPServer serves the probes and metrics. The image listens on all
+// interfaces, so whoever can reach the port is a client: none may hold a
+// connection open for long or send a large request, and a slow reader
+// cannot keep a response pending. The handlers answer from memory, within
+// milliseconds, and take no request body.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+	}
 }
 
 // Close releases the connections in reverse order of opening.

@@ -39,6 +39,7 @@ type Metrics struct {
 	holdupAge        prometheus.Gauge
 	retentionDeleted prometheus.Counter
 	unlocked         prometheus.Counter
+	skipped          prometheus.Counter
 
 	health
 }
@@ -91,6 +92,9 @@ func New(brokerUp func() bool) *Metrics {
 	m.unlocked = f.NewCounter(prometheus.CounterOpts{Name: "unlocked_rows_total",
 		Help: "Rows published whose transaction did not take their aggregate's ordering lock (outbox_lock) before its first write: " +
 			"their order among concurrent writers of the aggregate is not guaranteed."})
+	m.skipped = f.NewCounter(prometheus.CounterOpts{Name: "skipped_rows_total",
+		Help: "Rows that died under RELAY_DEAD_ROWS=skip: their aggregates went on without them " +
+			"(the next message of each names them in its outbox_skipped header)."})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -151,7 +155,9 @@ func (m *Metrics) Sent(n int) { m.batchSize.Observe(float64(n)) }
 // Confirmed records rows confirmed and recorded.
 func (m *Metrics) Confirmed(n int, latency time.Duration) {
 	m.published.Add(float64(n))
-	m.confirmLatency.Observe(latency.Seconds())
+	if latency >= 0 {
+		m.confirmLatency.Observe(latency.Seconds())
+	}
 	m.mu.Lock()
 	m.lastProgress = time.Now()
 	m.mu.Unlock()
@@ -170,6 +176,9 @@ func (m *Metrics) Blocked(b bool) {
 
 // Unlocked counts rows published without their ordering lock.
 func (m *Metrics) Unlocked(n int) { m.unlocked.Add(float64(n)) }
+
+// Skipped counts rows whose aggregates went on without them.
+func (m *Metrics) Skipped(n int) { m.skipped.Add(float64(n)) }
 
 var _ relay.Observer = (*Metrics)(nil)
 

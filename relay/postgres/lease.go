@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -15,24 +16,67 @@ import (
 // table's position row and is kept in database time, so it needs no session
 // to stay alive: a recycled pool connection, a terminated backend or a
 // frozen host cannot keep it, only renewals can. Every take bumps the epoch,
-// and the position is only written under the current epoch (fencing).
+// and the position is only written under the current epoch (fencing). A
+// lease is taken when it is free or has lapsed, or, before it lapses, when
+// its holder is provably gone (identity.go).
 
-// Acquire implements relay.Store: it takes the lease if it is free, has
-// lapsed, or already carries this replica's name (a restart of the same
-// replica), and returns the recorded position. It fails with an error
-// wrapping relay.ErrLeaseHeld while another replica holds it.
+// Acquire implements relay.Store: it holds this replica's name, then takes
+// the lease if it is free, has lapsed, or belongs to a replica whose
+// session is gone, and returns the recorded position. It fails with an
+// error wrapping relay.ErrLeaseHeld while another replica holds it, and
+// relay.ErrNameInUse while another live process has this replica's name.
 func (s *Store) Acquire(ctx context.Context) (relay.Position, error) {
+	if err := s.ensureIdentity(ctx); err != nil {
+		return relay.Position{}, err
+	}
+	pos, err := s.take(ctx, -1)
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return pos, err
+	}
+	holder, remaining, epoch, err := s.holder(ctx)
+	if err != nil {
+		return relay.Position{}, err
+	}
+	gone, err := s.holderGone(ctx, holder)
+	if err != nil {
+		return relay.Position{}, err
+	}
+	if !gone {
+		return relay.Position{}, fmt.Errorf("%w by %q for %.1fs more", relay.ErrLeaseHeld, holder, remaining)
+	}
+	// Gone now; take over only if still gone, in the same term, a quiet
+	// period later, by which a live holder has stopped publishing.
+	select {
+	case <-time.After(quietPeriod):
+	case <-ctx.Done():
+		return relay.Position{}, ctx.Err()
+	}
+	again, _, epochAgain, err := s.holder(ctx)
+	if err != nil {
+		return relay.Position{}, err
+	}
+	if again == holder && epochAgain == epoch {
+		if gone, err = s.holderGone(ctx, holder); err != nil {
+			return relay.Position{}, err
+		}
+		if gone {
+			if pos, err := s.take(ctx, epoch); !errors.Is(err, pgx.ErrNoRows) {
+				return pos, err
+			}
+		}
+	}
+	return relay.Position{}, fmt.Errorf("%w by %q, whose session ended, but it changed hands or came back meanwhile", relay.ErrLeaseHeld, holder)
+}
+
+// take runs the acquire query: a free or lapsed lease, or the one of term
+// goneEpoch (-1 for none). pgx.ErrNoRows means it was not taken.
+func (s *Store) take(ctx context.Context, goneEpoch int64) (relay.Position, error) {
 	var epoch int64
 	var txid string
 	var pos relay.Position
-	err := s.pool.QueryRow(ctx, s.q.acquire, s.key, s.replica, s.leaseTimeout.Milliseconds()).Scan(&epoch, &txid, &pos.ID)
+	err := s.pool.QueryRow(ctx, s.q.acquire, s.key, s.replica, s.leaseTimeout.Milliseconds(), goneEpoch).Scan(&epoch, &txid, &pos.ID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		var holder string
-		var remaining float64
-		if err := s.pool.QueryRow(ctx, s.q.leaseHolder, s.key).Scan(&holder, &remaining); err != nil {
-			return relay.Position{}, fmt.Errorf("read lease: %w", err)
-		}
-		return relay.Position{}, fmt.Errorf("%w by %q for %.1fs more", relay.ErrLeaseHeld, holder, remaining)
+		return relay.Position{}, err
 	}
 	if err != nil {
 		return relay.Position{}, fmt.Errorf("take lease: %w", err)
@@ -42,6 +86,14 @@ func (s *Store) Acquire(ctx context.Context) (relay.Position, error) {
 	}
 	s.epoch.Store(epoch)
 	return pos, nil
+}
+
+// holder reads who holds the lease, for how long more, in which term.
+func (s *Store) holder(ctx context.Context) (name string, remaining float64, epoch int64, err error) {
+	if err := s.pool.QueryRow(ctx, s.q.leaseHolder, s.key).Scan(&name, &remaining, &epoch); err != nil {
+		return "", 0, 0, fmt.Errorf("read lease: %w", err)
+	}
+	return name, remaining, epoch, nil
 }
 
 // Renew implements relay.Store: it extends the lease by the lease timeout

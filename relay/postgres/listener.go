@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"time"
@@ -68,7 +69,7 @@ func (l *Listener) listen(ctx context.Context, connected func()) error {
 	// understood rather than sent to the server as parameters.
 	pc, err := pgxpool.ParseConfig(l.url)
 	if err != nil {
-		return err
+		return errors.New(redactParseError(err))
 	}
 	cfg := pc.ConnConfig
 	cfg.RuntimeParams["application_name"] = "outbox-relay listener"

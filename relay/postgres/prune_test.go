@@ -88,7 +88,7 @@ func TestPruneDeletesOnlyOldPublishedRows(t *testing.T) {
 	old, parked, young := published[:10], published[10:13], published[13:]
 	// The parked rows: a dead one and two waiting behind it.
 	park := []relay.Parked{{Row: parked[0], Attempts: 10, Reason: "312 NO_ROUTE", Dead: true}, {Row: parked[1]}, {Row: parked[2]}}
-	if err := a.RecordParked(ctx, published[len(published)-1].Position(), park); err != nil {
+	if err := a.RecordParked(ctx, published[len(published)-1].Position(), park, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Old rows committed after the position are pending: never deleted.
@@ -223,7 +223,7 @@ func TestPruneSkipsParkedRowsThatFillABatch(t *testing.T) {
 	for _, r := range rows[1:30] {
 		park = append(park, relay.Parked{Row: r})
 	}
-	if err := a.RecordParked(ctx, rows[54].Position(), park); err != nil {
+	if err := a.RecordParked(ctx, rows[54].Position(), park, nil); err != nil {
 		t.Fatal(err)
 	}
 	var batches []int
@@ -330,10 +330,10 @@ func TestPartitionedOutbox(t *testing.T) {
 	insertAged(t, b, "young", 5, 0)
 	rows := readN(t, a, relay.Position{}, 10)
 	// One old row is parked: retention keeps it.
-	if err := a.RecordParked(ctx, rows[9].Position(), []relay.Parked{{Row: rows[0], Attempts: 1, Reason: "312 NO_ROUTE"}}); err != nil {
+	if err := a.RecordParked(ctx, rows[9].Position(), []relay.Parked{{Row: rows[0], Attempts: 1, Reason: "312 NO_ROUTE"}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if heads, err := a.DueHeads(ctx, 10); err != nil || len(heads) != 1 || heads[0].Row.ID != rows[0].ID {
+	if heads, err := a.DueHeads(ctx, relay.Batch{Rows: 10}, relay.DeadRowsHold); err != nil || len(heads) != 1 || heads[0].Row.ID != rows[0].ID {
 		t.Fatalf("DueHeads = %v, %v; want row %d", heads, err, rows[0].ID)
 	}
 	if st, err := a.Status(ctx); err != nil || st.Pending != 0 {

@@ -24,11 +24,15 @@ type queries struct {
 	// record stores a position, only under the current lease epoch
 	// (primary key update): a deposed replica's write matches no row.
 	record string
-	// acquire takes the lease if it is free, lapsed or already ours,
-	// bumping the epoch, and returns the epoch and the position.
+	// acquire takes the lease if it is free or lapsed, or if it is still
+	// in term $4, whose holder is gone; it bumps the epoch and returns the
+	// epoch and the position.
 	acquire string
-	// leaseHolder describes who holds the lease, for the standby's log.
+	// leaseHolder describes who holds the lease and in which term.
 	leaseHolder string
+	// lockName takes a replica name's session lock; nameFree tells, in
+	// one statement, whether any session holds a name's lock.
+	lockName, nameFree string
 	// renew extends our lease, if it is still ours.
 	renew string
 	// release gives our lease up at a clean stop.
@@ -41,7 +45,9 @@ type queries struct {
 	// status counts pending rows (range scan of outbox_pkey (txid, id)).
 	status string
 	// Parked rows (outbox_relay_parked; the order index serves the heads).
-	parkedAggs, park, dueHeads, unpark, remaining, failed string
+	// A parked row holds its aggregate back (holding below) unless it was
+	// dropped, or is dead and the policy ($n skip) lets dead rows go.
+	parkedAggs, park, dueHeads, unpark, reported, remaining, failed, skipped string
 	// Dead rows, for the dead command and status.
 	deadCount, deadList, deadRetry, deadDrop string
 	// heldBack tells whether committed rows after the position wait for
@@ -62,12 +68,12 @@ func newQueries(t Table, lockKeys bool) queries {
 	}
 	return queries{
 		read: fmt.Sprintf(`
-SELECT %s, %s
+SELECT %s, octet_length(o.payload), %s
   FROM %s o
  WHERE (o.txid, o.id) > ($1::text::xid8, $2::bigint)
    AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY o.txid, o.id
- LIMIT $3`, lockCol, rowColumns, outbox),
+ LIMIT $3`, lockCol, readColumns, outbox),
 		resolve: `
 SELECT n.nspname || '.' || c.relname
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -89,11 +95,15 @@ UPDATE %s SET txid = $2::text::xid8, id = $3, updated_at = now()
 UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond',
        state = 'publishing'
  WHERE outbox_table = $1
-   AND (holder IS NULL OR holder = $2 OR lease_until IS NULL OR lease_until < now())
+   AND (holder IS NULL OR lease_until IS NULL OR lease_until < now() OR epoch = $4)
 RETURNING epoch, txid::text AS txid_text, id`, pos),
 		leaseHolder: fmt.Sprintf(`
-SELECT coalesce(holder, ''), coalesce(extract(epoch FROM lease_until - now()), 0)::float8
+SELECT coalesce(holder, ''), coalesce(extract(epoch FROM lease_until - now()), 0)::float8, epoch
   FROM %s WHERE outbox_table = $1`, pos),
+		lockName: `SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))`,
+		nameFree: `
+SELECT CASE WHEN pg_try_advisory_lock(hashtext($1), hashtext($2))
+            THEN pg_advisory_unlock(hashtext($1), hashtext($2)) ELSE false END`,
 		renew: fmt.Sprintf(`
 UPDATE %s SET lease_until = now() + $4 * interval '1 millisecond', state = $5
  WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
@@ -113,44 +123,59 @@ SELECT p.txid::text AS txid_text, p.id, p.updated_at, p.epoch, coalesce(p.holder
  WHERE p.outbox_table = $1
  GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.state, p.lease_until`, pos, outbox),
 		parkedAggs: fmt.Sprintf(`
-SELECT DISTINCT aggregate_type, aggregate_id FROM %s WHERE outbox_table = $1`, parked),
+SELECT DISTINCT aggregate_type, aggregate_id FROM %s WHERE outbox_table = $1 AND %s`, parked, holding("$2")),
 		park: fmt.Sprintf(`
 INSERT INTO %s (outbox_table, id, txid, aggregate_type, aggregate_id, attempts, last_error, next_attempt_at, dead)
 VALUES ($1, $2, $3::text::xid8, $4, $5, $6, nullif($7, ''), now() + $8 * interval '1 millisecond', $9)
 ON CONFLICT (outbox_table, id) DO NOTHING`, parked),
 		dueHeads: fmt.Sprintf(`
-SELECT h.attempts, %s
-  FROM (SELECT DISTINCT ON (aggregate_type, aggregate_id) txid, id, attempts, dead, next_attempt_at
-          FROM %s WHERE outbox_table = $1
+SELECT h.attempts, coalesce(g.ids, '{}'), coalesce(g.events, '{}'), octet_length(o.payload), %[1]s
+  FROM (SELECT DISTINCT ON (aggregate_type, aggregate_id) txid, id, attempts, dead, next_attempt_at, aggregate_type, aggregate_id
+          FROM %[2]s WHERE outbox_table = $1 AND %[4]s
          ORDER BY aggregate_type, aggregate_id, txid, id) h
-  JOIN %s o ON o.txid = h.txid AND o.id = h.id
+  JOIN %[3]s o ON o.txid = h.txid AND o.id = h.id
+  LEFT JOIN LATERAL (
+       SELECT array_agg(k.id ORDER BY k.txid, k.id) AS ids, array_agg(e.event_id::text ORDER BY k.txid, k.id) AS events
+         FROM %[2]s k JOIN %[3]s e ON e.txid = k.txid AND e.id = k.id
+        WHERE k.outbox_table = $1 AND k.aggregate_type = h.aggregate_type AND k.aggregate_id = h.aggregate_id
+          AND NOT k.gap_reported AND NOT %[5]s) g ON true
  WHERE NOT h.dead AND h.next_attempt_at <= now()
- LIMIT $2`, rowColumns, parked, outbox),
+ LIMIT $2`, readColumns, parked, outbox, holding("$3"), holdingAs("k", "$3")),
 		unpark: fmt.Sprintf(`
 DELETE FROM %s WHERE outbox_table = $1 AND id = $2
    AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $3)`, parked, pos),
+		reported: fmt.Sprintf(`
+UPDATE %s SET gap_reported = true WHERE outbox_table = $1 AND id = ANY($2)`, parked),
 		remaining: fmt.Sprintf(`
-SELECT count(*) FROM %s WHERE outbox_table = $1 AND aggregate_type = $2 AND aggregate_id = $3`, parked),
+SELECT count(*) FROM %s WHERE outbox_table = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND %s`, parked, holding("$4")),
 		failed: fmt.Sprintf(`
 UPDATE %s SET attempts = $3, last_error = $4, next_attempt_at = now() + $5 * interval '1 millisecond', dead = $6
  WHERE outbox_table = $1 AND id = $2
    AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $7)`, parked, pos),
+		skipped: fmt.Sprintf(`
+SELECT k.aggregate_type, k.aggregate_id, k.id, e.event_id::text
+  FROM %[1]s k JOIN %[2]s e ON e.txid = k.txid AND e.id = k.id
+ WHERE k.outbox_table = $1 AND NOT k.gap_reported AND NOT %[3]s
+ ORDER BY k.txid, k.id`, parked, outbox, holdingAs("k", "$2")),
 		deadCount: fmt.Sprintf(`
-SELECT count(*) FILTER (WHERE dead), count(*) FILTER (WHERE NOT dead) FROM %s WHERE outbox_table = $1`, parked),
+SELECT count(*) FILTER (WHERE dead), count(*) FILTER (WHERE NOT dead) FROM %s WHERE outbox_table = $1 AND NOT dropped`, parked),
 		deadList: fmt.Sprintf(`
 SELECT p.id, p.aggregate_type, p.aggregate_id, p.attempts, coalesce(p.last_error, ''),
        extract(epoch FROM now() - p.parked_at)::float8, coalesce(o.event_type, ''), coalesce(o.routing_key, ''),
        (SELECT count(*) FROM %s w WHERE w.outbox_table = p.outbox_table AND w.aggregate_type = p.aggregate_type
-           AND w.aggregate_id = p.aggregate_id AND NOT w.dead)
+           AND w.aggregate_id = p.aggregate_id AND NOT w.dead AND NOT w.dropped)
   FROM %s p LEFT JOIN %s o ON o.txid = p.txid AND o.id = p.id
- WHERE p.outbox_table = $1 AND p.dead
+ WHERE p.outbox_table = $1 AND p.dead AND NOT p.dropped
  ORDER BY p.txid, p.id`, parked, parked, outbox),
 		deadRetry: fmt.Sprintf(`
 UPDATE %s SET dead = false, attempts = 0, next_attempt_at = now()
- WHERE outbox_table = $1 AND dead AND ($2 OR id = ANY($3))
+ WHERE outbox_table = $1 AND dead AND NOT dropped AND ($2 OR id = ANY($3))
 RETURNING id`, parked),
+		// A dropped row keeps its entry, so that replay never takes it
+		// for a published one.
 		deadDrop: fmt.Sprintf(`
-DELETE FROM %s WHERE outbox_table = $1 AND dead AND ($2 OR id = ANY($3))
+UPDATE %s SET dropped = true
+ WHERE outbox_table = $1 AND dead AND NOT dropped AND ($2 OR id = ANY($3))
 RETURNING id`, parked),
 		heldBack: fmt.Sprintf(`
 SELECT EXISTS (
@@ -170,6 +195,18 @@ SELECT pid, database, age_seconds, prepared FROM (
  ORDER BY xid_age DESC
  LIMIT 1`,
 	}
+}
+
+// holding is the condition that an outbox_relay_parked row holds its
+// aggregate back, given skip, the SQL boolean that dead rows let it go.
+func holding(skip string) string { return holdingAs("", skip) }
+
+// holdingAs is holding for the table aliased alias.
+func holdingAs(alias, skip string) string {
+	if alias != "" {
+		alias += "."
+	}
+	return fmt.Sprintf("(NOT %[1]sdropped AND NOT (%[1]sdead AND %[2]s))", alias, skip)
 }
 
 // retentionQueries holds the SQL of retention (prune.go) and replay

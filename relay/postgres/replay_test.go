@@ -53,7 +53,7 @@ func TestReplaySelectsPublishedRowsInOrder(t *testing.T) {
 	a := leader(t, b, "a")
 	rows := readN(t, a, relay.Position{}, 8)
 	// Row 5 is dead; row 7, after the position, is pending.
-	if err := a.RecordParked(ctx, rows[6].Position(), []relay.Parked{{Row: rows[5], Attempts: 3, Reason: "no route", Dead: true}}); err != nil {
+	if err := a.RecordParked(ctx, rows[6].Position(), []relay.Parked{{Row: rows[5], Attempts: 3, Reason: "no route", Dead: true}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	id := func(i ...int) []int64 {

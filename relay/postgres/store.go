@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,9 +27,11 @@ type Config struct {
 	Table Table
 	// MaxConns caps the pool. Zero means 4.
 	MaxConns int32
-	// Replica names this replica in the lease (RELAY_REPLICA_NAME). Each
-	// running replica needs its own name: a replica that starts with the
-	// name of the lease holder takes the lease over at once.
+	// Replica names this replica in the lease and in status
+	// (RELAY_REPLICA_NAME). Empty means the host name and six random hex
+	// digits, unique to this process. A name is held by one live process at
+	// a time (see identity.go): a second process with the same name does
+	// not lead while the first runs.
 	Replica string
 	// LeaseTimeout is how long a lease lasts without renewal. Zero means
 	// relay.DefaultLeaseTimeout.
@@ -44,8 +46,14 @@ func (c Config) Validate() error {
 	if c.URL == "" {
 		return &relay.ConfigError{Field: "URL", Problem: "is required"}
 	}
+	if err := CheckURL(c.URL); err != nil {
+		return &relay.ConfigError{Field: "URL", Problem: err.Error()}
+	}
 	if _, err := pgxpool.ParseConfig(c.URL); err != nil {
 		return &relay.ConfigError{Field: "URL", Problem: "cannot be parsed: " + redactParseError(err)}
+	}
+	if len(c.Replica) > maxReplicaName {
+		return &relay.ConfigError{Field: "Replica", Problem: fmt.Sprintf("must be at most %d bytes, got %d", maxReplicaName, len(c.Replica))}
 	}
 	if _, err := ParseTable(c.Table.String()); err != nil {
 		return &relay.ConfigError{Field: "Table", Problem: err.Error()}
@@ -58,6 +66,10 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// maxReplicaName bounds a replica's name, which status prints and the
+// lease row stores.
+const maxReplicaName = 200
 
 // callTimeout bounds each read and position write, so a connection that
 // went silent (a half-open TCP connection) fails the call instead of
@@ -76,6 +88,14 @@ type Store struct {
 	leaseTimeout time.Duration
 	epoch        atomic.Int64 // of the lease this replica holds
 	log          *slog.Logger
+	connConfig   *pgx.ConnConfig // for the identity session
+
+	// idMu guards id, this replica's hold on its name; life ends the
+	// identity session's watcher at Close.
+	idMu sync.Mutex
+	id   *identity
+	life context.Context
+	stop context.CancelFunc
 	// checkLocks is set by Start when the table records ordering locks
 	// and the server's aggregate keys agree with relay.Aggregate.Key.
 	checkLocks bool
@@ -103,7 +123,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	replica := cfg.Replica
 	if replica == "" {
-		replica, _ = os.Hostname()
+		replica = defaultName()
 	}
 	lease := cfg.LeaseTimeout
 	if lease == 0 {
@@ -113,11 +133,20 @@ func Open(cfg Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table, false), replica: replica, leaseTimeout: lease, log: log}, nil
+	life, stop := context.WithCancel(context.Background())
+	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table, false), replica: replica, leaseTimeout: lease, log: log,
+		connConfig: pc.ConnConfig, life: life, stop: stop}, nil
 }
 
-// Close closes the pool.
-func (s *Store) Close() { s.pool.Close() }
+// Replica returns this replica's name, as the lease and status show it.
+func (s *Store) Replica() string { return s.replica }
+
+// Close ends the identity session and closes the pool.
+func (s *Store) Close() {
+	s.stop()
+	s.closeIdentity()
+	s.pool.Close()
+}
 
 // Pool exposes the pool for commands that run their own SQL (migrate).
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
@@ -220,25 +249,34 @@ func (s *Store) position(ctx context.Context) (relay.Position, error) {
 	return pos, nil
 }
 
-// Read returns up to limit committed rows after the position whose
-// transactions are older than every transaction still running.
-func (s *Store) Read(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+// Read returns committed rows after the position whose transactions are
+// older than every transaction still running, within the bounds of b. The
+// rows past b.Bytes are received and dropped, one at a time, never held:
+// the core asks for fewer rows next time (a bound in the query itself, a
+// running sum, made the read a quarter slower).
+func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, s.q.read, strconv.FormatUint(after.TxID, 10), after.ID, limit)
+	rows, err := s.pool.Query(ctx, s.q.read, strconv.FormatUint(after.TxID, 10), after.ID, b.Rows, b.MaxPayload)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := make([]relay.Row, 0, min(limit, 256))
+	out := make([]relay.Row, 0, min(b.Rows, 256))
 	var locks pgtype.DriverBytes // valid until the next row
+	var size int32
+	bytes := 0
 	for rows.Next() {
-		r, err := scanRow(rows, &locks)
+		r, err := scanRow(rows, &locks, &size)
 		if err != nil {
 			return nil, err
 		}
+		r.PayloadSize = int(size)
 		if s.checkLocks {
 			r.Lock = lockOf(locks, r.Aggregate().Key())
+		}
+		if bytes += r.Size(); len(out) > 0 && b.Bytes > 0 && bytes > b.Bytes {
+			break // the rest is read and dropped by Close, one row at a time
 		}
 		out = append(out, r)
 	}

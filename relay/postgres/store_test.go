@@ -62,7 +62,7 @@ func readAll(t *testing.T, s *Store, after relay.Position) []relay.Row {
 	t.Helper()
 	var all []relay.Row
 	for {
-		rows, err := s.Read(context.Background(), after, 100)
+		rows, err := s.Read(context.Background(), after, relay.Batch{Rows: 100})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +328,7 @@ func TestReadUnderConcurrentWriters(t *testing.T) {
 			finished = true
 		default:
 		}
-		rows, err := b.store.Read(ctx, pos, 50)
+		rows, err := b.store.Read(ctx, pos, relay.Batch{Rows: 50})
 		if err != nil {
 			t.Fatal(err)
 		}

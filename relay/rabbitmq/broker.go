@@ -82,23 +82,51 @@ func (c Config) Validate() error {
 // password: parse errors quote the URL, so the URL is replaced by its
 // redacted form, or the detail dropped when it cannot be redacted.
 func checkURL(u string) error {
-	_, err := amqp.ParseURI(u)
-	if err == nil {
-		return nil
+	if strayAt(u) {
+		return errors.New("an entry has an '@' other than the one that ends user:password: " +
+			"percent-encode reserved characters in the password (@ as %40, / as %2F, ? as %3F, # as %23, comma as %2C)")
 	}
-	p, perr := url.Parse(u)
-	if perr != nil {
-		return errors.New("an entry is not a valid URL (check the port and percent-encode reserved characters in the password)")
+	uri, err := amqp.ParseURI(u)
+	if err != nil {
+		p, perr := url.Parse(u)
+		if perr != nil {
+			return errors.New("an entry is not a valid URL (check the port and percent-encode reserved characters in the password)")
+		}
+		msg := strings.ReplaceAll(err.Error(), u, p.Redacted())
+		if pw, ok := p.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+		return fmt.Errorf("%s: %s", p.Redacted(), msg)
 	}
-	msg := strings.ReplaceAll(err.Error(), u, p.Redacted())
-	if pw, ok := p.User.Password(); ok && pw != "" {
-		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+	// The client takes any number, and dialing port 99999 fails only at
+	// connect time, over and over.
+	if uri.Port < 1 || uri.Port > 65535 {
+		return fmt.Errorf("%s: port must be between 1 and 65535, got %d", Redact(u), uri.Port)
 	}
-	return fmt.Errorf("%s: %s", p.Redacted(), msg)
+	return nil
+}
+
+// strayAt reports whether u has an '@' that url.Parse does not take for the
+// end of the user information: one after the host (a password with '/',
+// '?' or '#' in it ends the host early) or in an entry without a scheme
+// (a password with a comma splits the list). Part of the password would
+// then be shown as a host, path or fragment.
+func strayAt(u string) bool {
+	_, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return strings.Contains(u, "@")
+	}
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		return strings.Contains(rest[i:], "@")
+	}
+	return false
 }
 
 // Redact returns u with its password replaced, for logs.
 func Redact(u string) string {
+	if strayAt(u) {
+		return "(AMQP URL not shown: unencoded '@')"
+	}
 	p, err := url.Parse(u)
 	if err != nil {
 		return "(unparsable AMQP URL)"
@@ -115,9 +143,16 @@ const maxChannels = 16
 type Broker struct {
 	cfg  Config
 	log  *slog.Logger
-	mu   sync.Mutex // guards conn, chs, broken, next
+	mu   sync.Mutex // guards conn, chs, frameMax, broken, next
 	conn *amqp.Connection
 	chs  []*channel // Config.Channels of them while connected
+	// frameMax is the connection's negotiated frame size: a message's
+	// header frame must fit in one.
+	frameMax int
+	// exchanges are the exchanges known to exist on this connection, and
+	// probe the channel that checks others (exchanges.go).
+	exchanges map[string]bool
+	probe     *amqp.Channel
 	// broken is set when the channel carrying messages fails. Nothing is
 	// published again until Reset: a later message sent on a new channel
 	// would overtake the failed ones, which the core republishes first.
@@ -241,7 +276,7 @@ func (b *Broker) Close() error {
 // connection for the caller to close outside the lock.
 func (b *Broker) detachLocked() *amqp.Connection {
 	conn := b.conn
-	b.conn, b.chs = nil, nil
+	b.conn, b.chs, b.exchanges, b.probe = nil, nil, nil, nil
 	b.setBlockedLocked(false) // a new connection starts unblocked
 	return conn
 }
@@ -271,11 +306,16 @@ func (b *Broker) fail(ch *channel) {
 	_ = closeConn(conn)
 }
 
-// channels returns the open confirm-mode channels, connecting first if
-// needed.
-func (b *Broker) channels() ([]*channel, error) {
+// channels returns the open confirm-mode channels and the connection's
+// frame size, connecting first if needed.
+func (b *Broker) channels() ([]*channel, int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	chs, err := b.channelsLocked()
+	return chs, b.frameMax, err
+}
+
+func (b *Broker) channelsLocked() ([]*channel, error) {
 	if b.broken {
 		return nil, errAwaitingReset
 	}
@@ -313,6 +353,7 @@ func (b *Broker) channels() ([]*channel, error) {
 		}
 		b.next = k
 		b.conn, b.chs = conn, chs
+		b.frameMax = conn.Config.FrameSize
 		b.log.Info("connected to broker", "url", Redact(b.cfg.URLs[k]), "channels", len(chs))
 		return chs, nil
 	}

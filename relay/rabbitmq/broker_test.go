@@ -28,9 +28,25 @@ func newBroker(t *testing.T, urls ...string) *Broker {
 	return b
 }
 
-// publish sends msgs and waits for the broker's answer.
+// publish sends msgs and waits for the broker's answer: how many leading
+// messages were confirmed, and why the first that was not was not.
 func publish(b *Broker, msgs []relay.Message) (int, error) {
-	return b.Publish(context.Background(), msgs).Wait(context.Background())
+	answers, err := b.Publish(context.Background(), msgs).Wait(context.Background())
+	n, refused := relay.Leading(answers)
+	if refused != nil {
+		return n, refused
+	}
+	return n, err
+}
+
+// answer sends msgs and returns the broker's answer for each.
+func answer(t *testing.T, b *Broker, msgs []relay.Message) []relay.Answer {
+	t.Helper()
+	answers, err := b.Publish(context.Background(), msgs).Wait(context.Background())
+	if len(answers) != len(msgs) {
+		t.Fatalf("%d answers for %d messages (%v)", len(answers), len(msgs), err)
+	}
+	return answers
 }
 
 func message(i int, exchange, key string) relay.Message {
@@ -118,46 +134,119 @@ func TestUnroutableIsNotConfirmed(t *testing.T) {
 	queue := env.DeclareQueue(t, "amq.direct", "bound")
 	b := newBroker(t, env.URL)
 
+	// A return is the answer for its message alone: the messages around
+	// it are confirmed, and the channel goes on.
 	msgs := []relay.Message{message(1, "amq.direct", "bound"), message(2, "amq.direct", "nobody"), message(3, "amq.direct", "bound")}
-	n, err := publish(b, msgs)
+	answers := answer(t, b, msgs)
 	var ret *ReturnedError
-	if n != 1 || !errors.As(err, &ret) || ret.MessageID != msgs[1].MessageID || ret.Code != 312 {
-		t.Fatalf("Publish = %d, %v; want 1 and the second message returned with 312 NO_ROUTE", n, err)
+	if !answers[0].Confirmed || !answers[2].Confirmed || answers[1].Confirmed ||
+		!errors.As(answers[1].Refused, &ret) || ret.MessageID != msgs[1].MessageID || ret.Code != 312 ||
+		!errors.Is(answers[1].Refused, relay.ErrRejected) {
+		t.Fatalf("answers %+v; want 1 and 3 confirmed, 2 returned with 312 NO_ROUTE", answers)
 	}
-	// Nothing more is sent until the caller resets: a later message must
-	// not overtake the returned one.
-	if n, err := publish(b, msgs[2:]); n != 0 || !errors.Is(err, errAwaitingReset) {
-		t.Fatalf("Publish after a return without Reset = %d, %v; want it refused", n, err)
+	if n, err := publish(b, []relay.Message{message(4, "amq.direct", "bound")}); n != 1 || err != nil {
+		t.Fatalf("Publish after a return = %d, %v; want the channel still open", n, err)
 	}
-	b.Reset()
-	if n, err := publish(b, msgs[2:]); n != 1 || err != nil {
-		t.Fatalf("Publish after Reset = %d, %v", n, err)
+	got := consume(t, env.Dial(t), queue, 3)
+	if rest := drain(t, env.Dial(t), queue); len(rest) != 0 {
+		t.Errorf("%d more messages than 1, 3 and 4: nothing is sent twice", len(rest))
 	}
-	consume(t, env.Dial(t), queue, 3) // 1 and 3, then 3 again: the core republishes after a failure
+	for i, want := range []int{1, 3, 4} {
+		if got[i].MessageId != message(want, "", "").MessageID {
+			t.Errorf("message %d is %s, want message %d", i, got[i].MessageId, want)
+		}
+	}
 }
 
-func TestMissingExchangeClosesOnlyTheChannel(t *testing.T) {
+// TestMessagesAMQPCannotCarryAreNotSent: a field or header name over 255
+// bytes, or headers larger than a frame, would make the client tear the
+// connection down; such a message is refused before it is sent, and the
+// others go out on the same connection.
+func TestMessagesAMQPCannotCarryAreNotSent(t *testing.T) {
+	t.Parallel()
+	env := testenv.NewBroker(t)
+	queue := env.DeclareQueue(t, "amq.direct", "k")
+	b := newBroker(t, env.URL)
+	long := strings.Repeat("x", 256)
+	bad := []func(m *relay.Message){
+		func(m *relay.Message) { m.RoutingKey = long },
+		func(m *relay.Message) { m.Exchange = long },
+		func(m *relay.Message) { m.Type = long },
+		func(m *relay.Message) { m.ContentType = long },
+		func(m *relay.Message) { m.Headers = map[string]any{long: "v"} },
+		func(m *relay.Message) { m.Headers = map[string]any{"big": strings.Repeat("v", 200_000)} },
+	}
+	var msgs []relay.Message
+	for i, spoil := range bad {
+		msgs = append(msgs, message(2*i, "amq.direct", "k"))
+		m := message(2*i+1, "amq.direct", "k")
+		spoil(&m)
+		msgs = append(msgs, m)
+	}
+	answers := answer(t, b, msgs)
+	for i, a := range answers {
+		switch {
+		case i%2 == 0 && !a.Confirmed:
+			t.Errorf("good message %d: %+v, want confirmed", i, a)
+		case i%2 == 1 && (a.Confirmed || !errors.Is(a.Refused, relay.ErrInvalid)):
+			t.Errorf("bad message %d: %+v, want refused as invalid", i, a)
+		}
+	}
+	if n, err := publish(b, []relay.Message{message(99, "amq.direct", "k")}); n != 1 || err != nil {
+		t.Fatalf("Publish after the refusals = %d, %v; want the same connection still open", n, err)
+	}
+	consume(t, env.Dial(t), queue, len(bad)+1)
+}
+
+// TestMissingExchangeRefusesOnlyItsMessage: the first message to an
+// exchange is preceded by a check on a channel of its own, so a missing
+// exchange refuses only that message; the channel that carries messages
+// stays open and nothing is in doubt or sent twice.
+func TestMissingExchangeRefusesOnlyItsMessage(t *testing.T) {
 	t.Parallel()
 	env := testenv.NewBroker(t)
 	queue := env.DeclareQueue(t, "amq.direct", "k")
 	b := newBroker(t, env.URL)
 
-	// The 404 closes the channel, usually before the first message's confirm
-	// (the broker confirms persistent messages after writing them), so the
-	// first is confirmed or in doubt, never reported lost.
-	n, err := publish(b, []relay.Message{message(1, "amq.direct", "k"), message(2, "no-such-exchange", "k")})
-	if n > 1 || err == nil {
-		t.Fatalf("Publish = %d, %v; want at most 1 and an error", n, err)
+	answers := answer(t, b, []relay.Message{message(1, "amq.direct", "k"), message(2, "no-such-exchange", "k"), message(3, "amq.direct", "k")})
+	if !answers[0].Confirmed || !answers[2].Confirmed || !errors.Is(answers[1].Refused, errMissingExchange) ||
+		!errors.Is(answers[1].Refused, relay.ErrRejected) {
+		t.Fatalf("answers %+v; want 1 and 3 confirmed, 2 refused: missing exchange", answers)
+	}
+	if n, err := publish(b, []relay.Message{message(4, "amq.direct", "k")}); n != 1 || err != nil {
+		t.Fatalf("Publish after the refusal = %d, %v; want the channel still open", n, err)
+	}
+	got := consume(t, env.Dial(t), queue, 3)
+	if rest := drain(t, env.Dial(t), queue); len(rest) != 0 {
+		t.Errorf("%d messages more than 1, 3 and 4", len(rest))
+	}
+	if got[2].MessageId != message(4, "", "").MessageID {
+		t.Errorf("last message %s, want message 4", got[2].MessageId)
+	}
+
+	// An exchange deleted after it was checked closes the channel: the
+	// message is in doubt, and the error says it is the message's own.
+	ch, err := env.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare("short-lived", "direct", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	var ret *ReturnedError // nothing is bound to it: answered, not in doubt
+	if _, err := publish(b, []relay.Message{message(5, "short-lived", "k")}); !errors.As(err, &ret) {
+		t.Fatalf("Publish to an existing exchange with no binding = %v, want returned", err)
+	}
+	if err := ch.ExchangeDelete("short-lived", false, false); err != nil {
+		t.Fatal(err)
+	}
+	answers, err = b.Publish(context.Background(), []relay.Message{message(6, "short-lived", "k")}).Wait(context.Background())
+	if answers[0].Confirmed || answers[0].Refused != nil || !errors.Is(err, relay.ErrRejected) {
+		t.Fatalf("Publish to a deleted exchange = %+v, %v; want in doubt, the channel closed by a 404", answers, err)
 	}
 	b.Reset()
-	n, err = publish(b, []relay.Message{message(1, "amq.direct", "k"), message(3, "amq.direct", "k")})
-	if n != 2 || err != nil {
-		t.Fatalf("Publish on a fresh channel = %d, %v", n, err)
-	}
-	got := consume(t, env.Dial(t), queue, 2)
-	got = append(got, drain(t, env.Dial(t), queue)...) // message 1 twice if the first attempt reached the queue
-	if last := got[len(got)-1].MessageId; last != message(3, "", "").MessageID {
-		t.Fatalf("last message %s, want message 3", last)
+	if n, err := publish(b, []relay.Message{message(7, "amq.direct", "k")}); n != 1 || err != nil {
+		t.Fatalf("Publish after Reset = %d, %v", n, err)
 	}
 }
 

@@ -35,14 +35,33 @@ var ErrNacked = errors.New("broker nacked the message")
 // Publish implements relay.Publisher: it sends msgs on the current
 // confirm-mode channels, persistent and mandatory, and returns at once. With
 // several channels, each message goes over the one its aggregate hashes to.
+// A message that AMQP cannot carry (a field or header name over 255
+// bytes, a header frame larger than the connection's frame size) is not
+// sent: its answer says why, and the others go out, since the client would
+// otherwise tear the connection down on it. Neither is a message to an
+// exchange that does not exist (exchanges.go).
 func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
-	chs, err := b.channels()
+	c := &confirmation{b: b, answers: make([]relay.Answer, len(msgs)), done: closedChan}
+	chs, frameMax, err := b.channels()
 	if err != nil {
-		return &confirmation{b: b, sendErr: err, done: closedChan}
+		c.sendErr = err
+		return c
 	}
-	c := &confirmation{b: b, chs: chs, sent: make([]sent, 0, len(msgs))}
+	c.chs = chs
+	c.sent = make([]sent, 0, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
+		if err := fits(m, frameMax); err != nil {
+			c.answers[i].Refused = fmt.Errorf("%w: %w: message %s: %w", relay.ErrRejected, relay.ErrInvalid, m.MessageID, err)
+			continue
+		}
+		if ok, err := b.checkExchange(m.Exchange); err != nil {
+			c.sendErr = err
+			break
+		} else if !ok {
+			c.answers[i].Refused = missingExchange(m)
+			continue
+		}
 		ch := chs[pick(m.Aggregate, len(chs))]
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, true, false, amqp.Publishing{
 			Headers:      amqp.Table(m.Headers),
@@ -58,9 +77,8 @@ func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confir
 			b.fail(ch)
 			break
 		}
-		c.sent = append(c.sent, sent{id: m.MessageID, ch: ch, dc: dc})
+		c.sent = append(c.sent, sent{index: i, id: m.MessageID, ch: ch, dc: dc})
 	}
-	c.done = closedChan
 	if len(c.sent) > 0 && c.sendErr == nil {
 		c.done = c.allDone()
 	}
@@ -70,7 +88,7 @@ func (b *Broker) Publish(ctx context.Context, msgs []relay.Message) relay.Confir
 // Connect implements relay.Publisher: it opens the connection and channels
 // unless they are open. After a failure it waits for Reset like Publish.
 func (b *Broker) Connect(ctx context.Context) error {
-	_, err := b.channels()
+	_, _, err := b.channels()
 	return err
 }
 
@@ -105,16 +123,18 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 type confirmation struct {
 	b       *Broker
 	chs     []*channel
+	answers []relay.Answer // one per message; refused ones filled in by Publish
 	sent    []sent
-	sendErr error // why fewer messages were sent than asked
+	sendErr error // why messages after the last sent were not sent
 	done    <-chan struct{}
 }
 
-// sent is one message sent: its id, channel and confirm.
+// sent is one message sent: its index in the call, id, channel and confirm.
 type sent struct {
-	id string
-	ch *channel
-	dc *amqp.DeferredConfirmation
+	index int
+	id    string
+	ch    *channel
+	dc    *amqp.DeferredConfirmation
 }
 
 func (c *confirmation) Done() <-chan struct{} { return c.done }
@@ -140,60 +160,70 @@ func (c *confirmation) allDone() <-chan struct{} {
 }
 
 // Wait implements relay.Confirmation. It reads returns while it waits, so
-// the client never blocks on a full return queue.
-func (c *confirmation) Wait(ctx context.Context) (int, error) {
-	acked := 0
+// the client never blocks on a full return queue. A return or a nack on a
+// live channel is the answer for that message alone; the channel goes on.
+// Only messages in doubt (a channel or connection that closed under them, a
+// failure to send, ctx) make the connection be dropped, so that nothing
+// after them overtakes their republishing.
+func (c *confirmation) Wait(ctx context.Context) ([]relay.Answer, error) {
 	var err error
 wait:
 	for _, s := range c.sent {
 		for {
 			select {
 			case <-s.dc.Done():
-				if s.dc.Acked() {
-					acked++
-					continue wait
-				}
-				// A closing channel resolves every outstanding confirm
-				// as a nack; report it as what it is.
-				if s.ch.IsClosed() {
-					err = s.ch.closedError(c.b, s.id)
-				} else {
+				switch {
+				case s.dc.Acked():
+					c.answers[s.index].Confirmed = true
+				case !s.ch.IsClosed():
 					// On a live channel a nack is about this message
 					// (e.g. a full queue that rejects publishes).
-					err = fmt.Errorf("%w: message %s: %w", relay.ErrRejected, s.id, ErrNacked)
+					c.answers[s.index].Refused = fmt.Errorf("%w: message %s: %w", relay.ErrRejected, s.id, ErrNacked)
+				case err == nil:
+					// A closing channel resolves every outstanding
+					// confirm as a nack: in doubt. Say why once.
+					err = s.ch.closedError(c.b, s.id)
 				}
-				break wait
+				continue wait
 			case r, ok := <-s.ch.returns:
 				if ok {
 					s.ch.returned(r)
 				}
 			case <-ctx.Done():
-				err = fmt.Errorf("waiting for confirms: %w", context.Cause(ctx))
+				if err == nil {
+					err = fmt.Errorf("waiting for confirms: %w", context.Cause(ctx))
+				}
 				break wait
 			}
 		}
 	}
-	n := acked
 	// A return precedes its message's ack on its channel, so the returns
 	// of every acked message are queued by now.
 	for _, ch := range c.chs {
 		ch.drainReturns()
 	}
-	for i, s := range c.sent[:acked] {
-		if r, ok := s.ch.takeReturn(s.id); ok {
-			n = i
-			err = &ReturnedError{MessageID: r.MessageId, Exchange: r.Exchange, RoutingKey: r.RoutingKey, Code: r.ReplyCode, Text: r.ReplyText}
-			break
+	for _, s := range c.sent {
+		if r, ok := s.ch.takeReturn(s.id); ok && c.answers[s.index].Confirmed {
+			c.answers[s.index] = relay.Answer{Refused: &ReturnedError{MessageID: r.MessageId, Exchange: r.Exchange,
+				RoutingKey: r.RoutingKey, Code: r.ReplyCode, Text: r.ReplyText}}
 		}
 	}
-	if err == nil && n == len(c.sent) {
+	if err == nil {
 		err = c.sendErr
 	}
-	if err != nil && len(c.chs) > 0 {
-		// Whatever follows on these channels is in doubt or out of
-		// order: the core republishes from its recorded position on a
-		// new connection.
-		c.b.fail(c.chs[0])
+	for _, a := range c.answers {
+		if !a.Confirmed && a.Refused == nil {
+			if len(c.chs) > 0 {
+				// Whatever follows on these channels is in doubt or out
+				// of order: the core republishes from its recorded
+				// position on a new connection.
+				c.b.fail(c.chs[0])
+			}
+			if err == nil {
+				err = errors.New("messages left unanswered")
+			}
+			return c.answers, err
+		}
 	}
-	return n, err
+	return c.answers, nil
 }
