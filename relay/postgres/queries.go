@@ -75,9 +75,9 @@ SELECT %s, octet_length(o.payload), %s
  ORDER BY o.txid, o.id
  LIMIT $3`, lockCol, readColumns, outbox),
 		resolve: `
-SELECT n.nspname || '.' || c.relname
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.oid = to_regclass($1)`,
+SELECT (SELECT n.nspname || '.' || c.relname
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass($1))`,
 		columns: `
 SELECT count(*) FILTER (WHERE attname = 'txid' AND atttypid = 'xid8'::regtype) = 1,
        count(*) FILTER (WHERE attname = 'lock_keys' AND atttypid = 'text'::regtype) = 1
