@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/outboxrelay/outboxrelay/relay"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
 )
 
@@ -117,7 +118,7 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			fmt.Fprintf(stdout, "no dead rows in %s\n", where)
 		}
 		for _, d := range dead {
-			printDead(stdout, d)
+			printDead(stdout, d, e.DeadRows)
 		}
 		return nil
 	}
@@ -126,7 +127,7 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		act, did, level, logMsg = store.DropDead, "dropped", slog.LevelWarn, "dead row dropped: it will never be published"
 	}
 	if *dryRun {
-		return deadDryRun(ctx, store, *all, ids, where, did, stdout)
+		return deadDryRun(ctx, store, *all, ids, where, did, e.DeadRows, stdout)
 	}
 	done, err := act(ctx, *all, ids)
 	if err != nil {
@@ -142,7 +143,7 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 // deadDryRun prints the dead rows (all, or those of ids) that retry or drop
 // would act on, and changes nothing.
-func deadDryRun(ctx context.Context, store *postgres.Store, all bool, ids []int64, where, did string, stdout io.Writer) error {
+func deadDryRun(ctx context.Context, store *postgres.Store, all bool, ids []int64, where, did, policy string, stdout io.Writer) error {
 	dead, err := store.Dead(ctx)
 	if err != nil {
 		return fmt.Errorf("dead rows of %s: %w", where, err)
@@ -154,7 +155,7 @@ func deadDryRun(ctx context.Context, store *postgres.Store, all bool, ids []int6
 	var would []int64
 	for _, d := range dead {
 		if all || asked[d.ID] {
-			printDead(stdout, d)
+			printDead(stdout, d, policy)
 			would = append(would, d.ID)
 		}
 	}
@@ -170,11 +171,16 @@ func deadRows(n int) string {
 	return fmt.Sprintf("%d dead rows", n)
 }
 
-// printDead prints a dead row in two lines, its writers' text escaped.
-func printDead(w io.Writer, d postgres.DeadRow) {
-	fmt.Fprintf(w, "%d  %s/%s  %s -> %s  attempts %d  dead for %s, %d waiting behind it\n    %s\n",
+// printDead prints a dead row in two lines, its writers' text escaped,
+// with what it does to its aggregate under policy (RELAY_DEAD_ROWS).
+func printDead(w io.Writer, d postgres.DeadRow, policy string) {
+	effect := fmt.Sprintf("blocks its aggregate: %d rows wait behind it", d.Waiting)
+	if policy == string(relay.DeadRowsSkip) {
+		effect = "skipped: its aggregate goes on without it (RELAY_DEAD_ROWS=skip)"
+	}
+	fmt.Fprintf(w, "%d  %s/%s  %s -> %s  attempts %d  dead for %s, %s\n    %s\n",
 		d.ID, termField(d.AggregateType), termField(d.AggregateID), termField(d.EventType), termField(d.RoutingKey), d.Attempts,
-		time.Duration(d.AgeSeconds*float64(time.Second)).Round(time.Second), d.Waiting, termText(d.Reason))
+		time.Duration(d.AgeSeconds*float64(time.Second)).Round(time.Second), effect, termText(d.Reason))
 }
 
 // missing reports ids that were asked for but are not dead rows.

@@ -184,6 +184,13 @@ VALUES ('chain', '1', 'Next', 'amq.topic', 'chain', $1)`, []byte(strconv.Itoa(i)
 					_ = r.pool.QueryRow(ctx, `SELECT count(*) FROM outbox_relay_parked WHERE NOT dead`).Scan(&n)
 					return n == 2
 				})
+				dbEnv := []string{"RELAY_DATABASE_URL=" + r.dbURL}
+				if code, out := runCmd(t, dbEnv, "dead", "list"); code != 0 || !strings.Contains(out, "blocks its aggregate: 2 rows wait behind it") {
+					t.Errorf("dead list: exit %d, %s; want the row blocking its aggregate's 2 rows", code, out)
+				}
+				if code, out := runCmd(t, dbEnv, "status"); code != 0 || !strings.Contains(out, "1 in 1 aggregates, whose later rows wait") {
+					t.Errorf("status: exit %d, %s; want the blocked aggregate", code, out)
+				}
 				code, out := runCmd(t, []string{"RELAY_DATABASE_URL=" + r.dbURL}, "dead", "drop", "--all")
 				if code != 0 {
 					t.Fatalf("dead drop: exit %d: %s", code, out)
@@ -200,6 +207,12 @@ VALUES ('chain', '1', 'Next', 'amq.topic', 'chain', $1)`, []byte(strconv.Itoa(i)
 				t.Errorf("the second follower names the gap again: %v", got[1].Headers)
 			}
 			stopClean(t, p)
+			if policy == "skip" {
+				code, out := runCmd(t, []string{"RELAY_DATABASE_URL=" + r.dbURL, "RELAY_DEAD_ROWS=skip"}, "dead", "list")
+				if code != 0 || !strings.Contains(out, "skipped: its aggregate goes on without it") {
+					t.Errorf("dead list under skip: exit %d, %s", code, out)
+				}
+			}
 			if policy == "hold" {
 				code, out := runCmd(t, []string{"RELAY_DATABASE_URL=" + r.dbURL, "RELAY_AMQP_URL=" + r.broker.URL},
 					"replay", "--aggregate-type", "chain", "--dry-run")

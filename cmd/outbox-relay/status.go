@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/outboxrelay/outboxrelay/relay"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
 )
 
@@ -52,7 +53,15 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stdout, "table                 %s\n", st.Table)
 	fmt.Fprintf(stdout, "pending               %d\n", st.Pending)
-	fmt.Fprintf(stdout, "dead                  %d\n", st.Dead)
+	fmt.Fprintf(stdout, "dead                  %d", st.Dead)
+	switch {
+	case st.Dead == 0:
+	case e.DeadRows == string(relay.DeadRowsSkip):
+		fmt.Fprintf(stdout, " in %d aggregates, which go on without them (RELAY_DEAD_ROWS=skip)", st.DeadAggregates)
+	default:
+		fmt.Fprintf(stdout, " in %d aggregates, whose later rows wait (outbox-relay dead list)", st.DeadAggregates)
+	}
+	fmt.Fprintln(stdout)
 	fmt.Fprintf(stdout, "parked                %d\n", st.Parked)
 	fmt.Fprintf(stdout, "oldest pending age    %.1fs\n", st.OldestPendingAgeSeconds)
 	switch {

@@ -158,7 +158,9 @@ SELECT k.aggregate_type, k.aggregate_id, k.id, e.event_id::text
  WHERE k.outbox_table = $1 AND NOT k.gap_reported AND NOT %[3]s
  ORDER BY k.txid, k.id`, parked, outbox, holdingAs("k", "$2")),
 		deadCount: fmt.Sprintf(`
-SELECT count(*) FILTER (WHERE dead), count(*) FILTER (WHERE NOT dead) FROM %s WHERE outbox_table = $1 AND NOT dropped`, parked),
+SELECT count(*) FILTER (WHERE dead), count(*) FILTER (WHERE NOT dead),
+       count(DISTINCT (aggregate_type, aggregate_id)) FILTER (WHERE dead)
+  FROM %s WHERE outbox_table = $1 AND NOT dropped`, parked),
 		deadList: fmt.Sprintf(`
 SELECT p.id, p.aggregate_type, p.aggregate_id, p.attempts, coalesce(p.last_error, ''),
        extract(epoch FROM now() - p.parked_at)::float8, coalesce(o.event_type, ''), coalesce(o.routing_key, ''),

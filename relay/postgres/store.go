@@ -304,7 +304,8 @@ type Status struct {
 	PositionUpdatedAt       time.Time `json:"position_updated_at"`
 	Pending                 int64     `json:"pending"`
 	Dead                    int64     `json:"dead"`
-	Parked                  int64     `json:"parked"` // rejected rows waiting for a retry, not yet dead
+	Parked                  int64     `json:"parked"`          // rejected rows waiting for a retry, not yet dead
+	DeadAggregates          int64     `json:"dead_aggregates"` // aggregates with dead rows: held back under RELAY_DEAD_ROWS=hold
 	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
 	Leader                  string    `json:"leader"`                  // replica holding the lease; empty if none
 	LeaderState             string    `json:"leader_state"`            // what the leader reported at its last renewal
@@ -348,7 +349,7 @@ func (s *Store) Status(ctx context.Context) (Status, error) {
 	default:
 		st.Position = txid + "/" + strconv.FormatInt(id, 10)
 	}
-	if err := s.pool.QueryRow(ctx, s.q.deadCount, key).Scan(&st.Dead, &st.Parked); err != nil {
+	if err := s.pool.QueryRow(ctx, s.q.deadCount, key).Scan(&st.Dead, &st.Parked, &st.DeadAggregates); err != nil {
 		return Status{}, fmt.Errorf("count dead rows: %w", err)
 	}
 	var x Xact
