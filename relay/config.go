@@ -12,6 +12,7 @@ const (
 	DefaultBatchSize       = 500
 	DefaultPollInterval    = 100 * time.Millisecond
 	DefaultMinPoll         = time.Millisecond
+	DefaultLinger          = 50 * time.Millisecond
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultRetryMin        = 100 * time.Millisecond
 	DefaultRetryMax        = 10 * time.Second
@@ -49,14 +50,20 @@ type Config struct {
 	MaxPayloadBytes int
 
 	// PollInterval is the longest the relay waits between reads when the
-	// outbox is idle. After finding rows it polls again after MinPoll,
-	// doubling the wait on each empty read up to PollInterval. A wake-up
-	// from Wake cuts any wait short.
+	// outbox is idle. After finding rows it polls again after MinPoll, and
+	// keeps to MinPoll for Linger; then it doubles the wait on each empty
+	// read up to PollInterval. A wake-up from Wake cuts any wait short.
 	PollInterval time.Duration
 
 	// MinPoll is the shortest wait between reads that found the outbox
 	// drained.
 	MinPoll time.Duration
+
+	// Linger is how long after the last read that found rows the relay
+	// keeps reading every MinPoll, before its waits start to grow: traffic
+	// that pauses for a few milliseconds between rows does not find the
+	// relay asleep. It costs reads of an empty outbox meanwhile.
+	Linger time.Duration
 
 	// ShutdownTimeout bounds how long Run waits, once its context is
 	// cancelled, for the confirms of messages already published.
@@ -157,6 +164,9 @@ func (c Config) WithDefaults() Config {
 	if c.MinPoll == 0 {
 		c.MinPoll = min(DefaultMinPoll, c.PollInterval)
 	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -208,6 +218,8 @@ func (c Config) Validate() error {
 		return &ConfigError{"PollInterval", fmt.Sprintf("must be positive, got %s", c.PollInterval)}
 	case c.MinPoll <= 0 || c.MinPoll > c.PollInterval:
 		return &ConfigError{"MinPoll", fmt.Sprintf("must be positive and at most PollInterval, got %s", c.MinPoll)}
+	case c.Linger < 0:
+		return &ConfigError{"Linger", fmt.Sprintf("must not be negative, got %s", c.Linger)}
 	case c.ShutdownTimeout <= 0:
 		return &ConfigError{"ShutdownTimeout", fmt.Sprintf("must be positive, got %s", c.ShutdownTimeout)}
 	case c.MaxAttempts < 1:

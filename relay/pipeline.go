@@ -10,6 +10,11 @@ import (
 // errStopped ends Run after a clean stop.
 var errStopped = errors.New("stopped")
 
+// wakesTrusted is how recent a wake-up must be for the relay to wait for
+// the next one instead of lingering: notifications come with every commit
+// where a trigger sends them, and never where none does.
+const wakesTrusted = time.Second
+
 // retryEvery is how often the leader looks for parked rows whose turn has
 // come.
 const retryEvery = time.Second
@@ -57,8 +62,10 @@ type pipeline struct {
 	// most about two batches; reading is the read in progress, which
 	// continues from the end of ahead.
 	ahead      []Row
-	aheadBytes int // what ahead holds (Row.Size)
-	readRows   int // rows the next read asks for, fewer than BatchSize for large rows
+	aheadBytes int       // what ahead holds (Row.Size)
+	readRows   int       // rows the next read asks for, fewer than BatchSize for large rows
+	lastRows   time.Time // when a read last found rows, for Linger
+	lastWake   time.Time // when the last wake-up came
 	reading    *read
 	readDue    bool          // the outbox may hold rows after those read
 	idle       time.Duration // next wait for an empty outbox
@@ -190,6 +197,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		p.readDue = true
 	case <-wake:
 		p.readDue = true
+		p.lastWake = time.Now()
 	case <-stop:
 	}
 	return nil
@@ -256,8 +264,9 @@ func (p *pipeline) startRead(ctx context.Context) {
 }
 
 // readDone takes a finished read's rows and decides when to read next: at
-// once after a full batch, after MinPoll after a partial one, and with
-// growing waits while the outbox stays empty.
+// once after a full batch, after MinPoll after a partial one or an empty
+// one within Linger of the last rows, and with growing waits while the
+// outbox stays empty longer.
 func (p *pipeline) readDone(ctx context.Context, res readResult) error {
 	cfg := p.r.cfg
 	asked := p.reading.asked
@@ -281,11 +290,20 @@ func (p *pipeline) readDone(ctx context.Context, res readResult) error {
 		// of these: rows past it would be received only to be dropped.
 		p.readRows = min(max(cfg.BatchBytes/(bytes/n), 1), cfg.BatchSize)
 	}
+	now := time.Now()
+	if len(res.rows) > 0 {
+		p.lastRows = now
+	}
 	switch {
 	case len(res.rows) == asked || 2*bytes >= cfg.BatchBytes:
 		p.idle = cfg.MinPoll // more are likely waiting: read again now
 	case len(res.rows) > 0:
 		p.readDue, p.idle = false, cfg.MinPoll
+		p.armPoll(cfg.MinPoll)
+	case now.Sub(p.lastRows) < cfg.Linger && now.Sub(p.lastWake) > wakesTrusted:
+		// Traffic paused for a moment: keep looking closely, unless
+		// wake-ups come (a NOTIFY trigger), which say when to look.
+		p.readDue = false
 		p.armPoll(cfg.MinPoll)
 	default:
 		p.readDue = false
