@@ -3,9 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
-	"slices"
-	"strings"
 	"time"
 )
 
@@ -118,162 +115,30 @@ func (c Config) parkBackoff(failed int) time.Duration {
 	return d
 }
 
-// retryParked publishes the parked rows whose turn has come, one at a time
-// and in order per aggregate, until none is due or budget is spent. It is
-// called with nothing in flight.
-func (p *pipeline) retryParked(ctx context.Context) error {
-	// The parked-row bookkeeping of a retry is finished even if a stop
-	// arrives meanwhile: a published row left parked would be published
-	// again at the next start.
-	work, cancel := context.WithTimeout(context.WithoutCancel(ctx), callBudget)
-	defer cancel()
-	budget := time.Now().Add(time.Second)
-	for time.Now().Before(budget) {
-		heads, err := p.r.store.DueHeads(work, Batch{Rows: 100, MaxPayload: p.r.cfg.MaxPayloadBytes}, p.r.cfg.DeadRows)
-		if err != nil {
-			return errorf(ctx, "find parked rows: %w", storeError{err})
-		}
-		if len(heads) == 0 {
-			return nil
-		}
-		for _, h := range heads {
-			switch {
-			case ctx.Err() != nil, time.Now().After(budget), p.blocked():
-				return nil // stopping, out of time, or the broker blocks
-			case p.expired():
-				return ErrLeaseLost
-			}
-			if err := p.retryOne(work, h); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+// parking is the leader's view of parked rows.
+type parking struct {
+	// parked holds the aggregates with parked rows: their new rows are
+	// parked behind them instead of published.
+	parked map[Aggregate]bool
+	// gaps holds, per aggregate, the rows it went on without that no
+	// message has named yet: the next message names them. naming holds
+	// those named by a message not yet recorded.
+	gaps, naming map[Aggregate][]Skipped
+	// retry fires when parked rows may be due; retrying waits for the
+	// window to drain (retryWanted), so no held row is still unrecorded.
+	retry       *time.Timer
+	retryWanted bool
 }
 
-// callBudget bounds the store calls of one retry pass.
-const callBudget = 30 * time.Second
-
-func (p *pipeline) retryOne(ctx context.Context, h ParkedRow) error {
-	row := h.Row
-	m, err := NewMessage(&row, p.r.cfg.Exchange)
-	if row.PayloadSize > p.r.cfg.MaxPayloadBytes {
-		err = fmt.Errorf("%w: row %d: its payload of %d bytes is larger than the relay's limit of %d (RELAY_MAX_PAYLOAD_BYTES)",
-			ErrInvalid, row.ID, row.PayloadSize, p.r.cfg.MaxPayloadBytes)
+// newParking starts from what the store holds: the aggregates held back and
+// the rows not yet named.
+func newParking(held []Aggregate, gaps map[Aggregate][]Skipped) parking {
+	if gaps == nil {
+		gaps = map[Aggregate][]Skipped{}
 	}
-	confirmed := false
-	if err == nil {
-		reported := p.nameSkipped(&m, h.Skipped)
-		// Wait no longer than the lease is surely ours.
-		wctx, cancel := context.WithDeadline(ctx, p.deadline)
-		var answers []Answer
-		answers, err = p.r.pub.Publish(ctx, []Message{m}).Wait(wctx)
-		cancel()
-		switch a := answers[0]; {
-		case a.Confirmed:
-			confirmed = true
-			remaining, err := p.r.store.Unpark(ctx, row, p.r.cfg.DeadRows, reported)
-			if err != nil {
-				return errorf(ctx, "unpark row %d: %w", row.ID, storeError{err})
-			}
-			p.reported(row.Aggregate(), reported)
-			p.r.unlocked([]Row{row}, time.Now())
-			p.unblock(row, remaining)
-			return nil
-		case a.Refused != nil:
-			err = a.Refused
-		case errors.Is(err, ErrRejected):
-			// A channel exception on the row alone: the row's own failure.
-			p.r.pub.Reset()
-		}
-		p.unnamed(row.Aggregate(), reported)
+	k := parking{parked: map[Aggregate]bool{}, gaps: gaps, naming: map[Aggregate][]Skipped{}, retry: time.NewTimer(0)}
+	for _, a := range held {
+		k.parked[a] = true
 	}
-	if !confirmed && !errors.Is(err, ErrRejected) && !errors.Is(err, ErrInvalid) {
-		return errorf(ctx, "publish parked row %d: %w", row.ID, err)
-	}
-	if errors.Is(err, ErrInvalid) {
-		p.r.cfg.Observer.Failed(FailureInvalid)
-	} else {
-		p.r.cfg.Observer.Failed(FailureRejected)
-	}
-	attempts := h.Attempts + 1
-	dead := attempts >= p.r.cfg.MaxAttempts || errors.Is(err, ErrInvalid)
-	remaining, ferr := p.r.store.Failed(ctx, row, attempts, err.Error(), p.r.cfg.parkBackoff(attempts), dead, p.r.cfg.DeadRows)
-	if ferr != nil {
-		return errorf(ctx, "count failed attempt of row %d: %w", row.ID, storeError{ferr})
-	}
-	if dead {
-		p.died(row, attempts, err)
-		p.unblock(row, remaining)
-	}
-	return nil
-}
-
-// died reports a row that became dead, and under DeadRowsSkip remembers it
-// for the next message of its aggregate to name.
-func (p *pipeline) died(row Row, attempts int, reason error) {
-	if p.r.cfg.DeadRows == DeadRowsSkip {
-		p.gaps[row.Aggregate()] = append(p.gaps[row.Aggregate()], Skipped{ID: row.ID, EventID: row.EventID})
-		p.r.cfg.Observer.Skipped(1)
-		p.r.log.Error("row is dead: its aggregate goes on without it (RELAY_DEAD_ROWS=skip; outbox-relay dead)",
-			"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "attempts", attempts, "reason", reason)
-		return
-	}
-	p.r.log.Error("row is dead: its aggregate waits until it is retried or dropped (outbox-relay dead)",
-		"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "attempts", attempts, "reason", reason)
-}
-
-// unblock lets row's aggregate flow again once no parked row holds it back.
-func (p *pipeline) unblock(row Row, remaining int) {
-	if remaining == 0 && p.parked[row.Aggregate()] {
-		delete(p.parked, row.Aggregate())
-		p.r.log.Info("parked aggregate drained", "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID)
-	}
-}
-
-// nameSkipped adds to m, the next message of its aggregate, the header
-// naming the rows the aggregate went on without (skipped, from the store,
-// and those this replica saw die), and returns their ids. Until m is
-// recorded (reported) or comes back unconfirmed (unnamed), the rows are
-// pending: later messages of the aggregate do not name them again.
-func (p *pipeline) nameSkipped(m *Message, skipped []Skipped) []int64 {
-	agg := m.Aggregate
-	all := append(slices.Clone(skipped), p.gaps[agg]...)
-	if len(all) == 0 {
-		return nil
-	}
-	ids := make([]int64, 0, len(all))
-	events := make([]string, 0, len(all))
-	for _, s := range all {
-		if !slices.Contains(ids, s.ID) && !slices.ContainsFunc(p.naming[agg], func(n Skipped) bool { return n.ID == s.ID }) {
-			ids = append(ids, s.ID)
-			events = append(events, s.EventID)
-			p.naming[agg] = append(p.naming[agg], s)
-		}
-	}
-	delete(p.gaps, agg)
-	if len(ids) == 0 {
-		return nil
-	}
-	m.Headers[SkippedHeader] = strings.Join(events, ",")
-	return ids
-}
-
-// reported forgets the skipped rows of agg that a recorded message named.
-func (p *pipeline) reported(agg Aggregate, ids []int64) {
-	p.naming[agg] = slices.DeleteFunc(p.naming[agg], func(s Skipped) bool { return slices.Contains(ids, s.ID) })
-	if len(p.naming[agg]) == 0 {
-		delete(p.naming, agg)
-	}
-}
-
-// unnamed puts the rows of agg that a message named back among the gaps,
-// when the message was not confirmed: the next message names them.
-func (p *pipeline) unnamed(agg Aggregate, ids []int64) {
-	for _, s := range p.naming[agg] {
-		if slices.Contains(ids, s.ID) {
-			p.gaps[agg] = append(p.gaps[agg], s)
-		}
-	}
-	p.reported(agg, ids)
+	return k
 }

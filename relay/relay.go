@@ -9,118 +9,6 @@ import (
 	"time"
 )
 
-// Store is the outbox as the core sees it.
-type Store interface {
-	// Start prepares the store and returns the recorded position. It fails
-	// with an error wrapping ErrPositionAhead when the recorded position or
-	// the table's rows lie beyond the server's transaction counter.
-	Start(ctx context.Context) (Position, error)
-	// Read returns committed rows after the position, in publishing
-	// order, within the bounds of b. It never returns a row while an older
-	// transaction that could still commit a row before it is running.
-	Read(ctx context.Context, after Position, b Batch) ([]Row, error)
-	// Acquire takes the lease that makes this replica the one publisher of
-	// the table, and returns the recorded position. It fails with an error
-	// wrapping ErrLeaseHeld while another replica holds the lease.
-	Acquire(ctx context.Context) (Position, error)
-	// Renew extends the lease by the lease timeout and records state (what
-	// the leader is doing, for status). It fails with ErrLeaseLost if
-	// another replica took the lease.
-	Renew(ctx context.Context, state string) error
-	// Release gives the lease up (at a clean stop).
-	Release(ctx context.Context) error
-	// Lost returns a channel closed when this replica can no longer
-	// vouch for the lease it took last, before the lease runs out (the
-	// session that proves it alive ended): a leader stops publishing at
-	// once, since another replica may take over.
-	Lost() <-chan struct{}
-	// Record stores pos as the recorded position. It fails with
-	// ErrLeaseLost if another replica took the lease: the write is fenced.
-	Record(ctx context.Context, pos Position) error
-	Parking
-}
-
-// Publisher sends messages to the broker with publisher confirms.
-type Publisher interface {
-	// Publish sends msgs in order, after every message of earlier calls,
-	// and returns without waiting for the broker. The Confirmation reports
-	// the outcome; a failure to send is reported there too.
-	Publish(ctx context.Context, msgs []Message) Confirmation
-	// Reset abandons everything in flight: Confirmations not yet waited
-	// for become meaningless and the next Publish starts afresh (a new
-	// channel). The core calls it after any failure, before publishing
-	// again from the recorded position.
-	Reset()
-	// Connect opens the connection if none is open, so that a leader
-	// with nothing to publish still notices a broker that is down. The
-	// core calls it whenever a read finds the outbox drained.
-	Connect(ctx context.Context) error
-	// Blocked reports whether the broker blocks publishers now (a
-	// resource alarm) and returns a channel closed at the next change.
-	// The core publishes and reads nothing while it is blocked.
-	Blocked() (blocked bool, change <-chan struct{})
-}
-
-// Confirmation is the broker's answer for one Publish call.
-type Confirmation interface {
-	// Done is closed when the answer is likely complete; Wait may still
-	// block briefly for confirms that arrive out of order.
-	Done() <-chan struct{}
-	// Wait waits for the broker's answer to every message, or for ctx. It
-	// returns one Answer per message given to Publish, in order. Messages
-	// that are neither confirmed nor refused are in doubt (a closed
-	// channel or connection, a failure to send, ctx); err says why, and
-	// the core sends them again.
-	Wait(ctx context.Context) (answers []Answer, err error)
-}
-
-// Answer is the broker's answer for one message.
-type Answer struct {
-	// Confirmed: the broker took responsibility for the message.
-	Confirmed bool
-	// Refused, when set, is why the broker refused this message alone
-	// (returned as unroutable, nacked on a live channel), or why it cannot
-	// be sent at all; the other messages of the call are not affected. It
-	// wraps ErrRejected, and ErrInvalid too when no retry can help.
-	Refused error
-}
-
-// inDoubt reports whether the broker gave the message no answer.
-func (a Answer) inDoubt() bool { return !a.Confirmed && a.Refused == nil }
-
-// Leading returns how many leading answers are confirmed, and the refusal
-// of the first that is not, if the broker refused it (nil if in doubt).
-func Leading(answers []Answer) (int, error) {
-	for i, a := range answers {
-		if !a.Confirmed {
-			return i, a.Refused
-		}
-	}
-	return len(answers), nil
-}
-
-// ErrPositionAhead means the recorded position or rows of the outbox are
-// ahead of the database's transaction counter, as after a restore or a
-// logical copy to a new server. Reading on would skip rows, so the relay
-// refuses to start.
-var ErrPositionAhead = errors.New("outbox is ahead of the database's transaction counter")
-
-// ErrLeaseHeld means another replica holds the lease: this one stands by.
-var ErrLeaseHeld = errors.New("lease held")
-
-// ErrNameInUse means another live replica has this replica's name: this
-// one does not lead until it is gone.
-var ErrNameInUse = errors.New("replica name in use")
-
-// ErrLeaseLost means this replica no longer holds the lease: it stops
-// publishing and stands by.
-var ErrLeaseLost = errors.New("lease lost to another replica")
-
-// ErrShutdownTimeout means Run stopped before every message in flight was
-// confirmed and recorded: those rows will be published again at the next
-// start.
-var ErrShutdownTimeout = errors.New("shutdown timeout: stopped before every message in flight was confirmed and recorded")
-
 // Relay moves committed outbox rows to the broker. Create it with New and
 // call Run once.
 type Relay struct {
@@ -253,33 +141,16 @@ func (r *Relay) lead(ctx context.Context, t term) error {
 	defer cancel()
 	defer r.cfg.Observer.Leading(false)
 
-	gaps := t.gaps
-	if gaps == nil {
-		gaps = map[Aggregate][]Skipped{}
-	}
-	p := &pipeline{r: r, cursor: r.pos, readDue: true, idle: r.cfg.MinPoll, deadline: t.deadline, lost: t.lost,
-		renew: time.NewTimer(r.cfg.renewEvery()), retry: time.NewTimer(0), parked: map[Aggregate]bool{}, confirmed: map[Position]bool{},
-		gaps:     gaps,
-		naming:   map[Aggregate][]Skipped{},
-		writeCtx: context.WithoutCancel(ctx)}
-	defer p.renew.Stop()
-	defer p.retry.Stop()
-	defer p.stopRead()
-	defer func() {
-		if p.paused { // the next term of leadership starts unpaused
-			r.cfg.Observer.Blocked(false)
-		}
-	}()
-	for _, a := range t.parked {
-		p.parked[a] = true
-	}
+	p := newPipeline(ctx, r.cfg, r.store, r.pub, t, r.unlocked)
+	defer p.close()
+	defer func() { r.pos = p.recorded }()
 	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
 	for {
 		err := p.step(ctx, finish)
 		switch {
 		case errors.Is(err, errStopped):
 			r.release(ctx)
-			r.log.Info("stopped", "position", r.pos.String())
+			r.log.Info("stopped", "position", p.recorded.String())
 			return nil
 		case errors.Is(err, ErrShutdownTimeout):
 			p.settle() // what was confirmed is worth recording
@@ -293,11 +164,11 @@ func (r *Relay) lead(ctx context.Context, t term) error {
 			if ctx.Err() != nil {
 				// Stopping: what failed is simply still pending.
 				r.release(ctx)
-				r.log.Info("stopped after a failed round", "err", err, "position", r.pos.String())
+				r.log.Info("stopped after a failed round", "err", err, "position", p.recorded.String())
 				return nil
 			}
 			if r.failing == nil || r.failing.Error() != err.Error() {
-				r.log.Warn("publishing failed; retrying", "err", err, "position", r.pos.String())
+				r.log.Warn("publishing failed; retrying", "err", err, "position", p.recorded.String())
 			}
 			r.failing = err
 			r.cfg.Observer.Failed(failure(err))
@@ -306,7 +177,7 @@ func (r *Relay) lead(ctx context.Context, t term) error {
 			}
 			r.sleep(ctx, retry.next())
 		case p.progressed && r.failing != nil:
-			r.log.Info("publishing recovered", "position", r.pos.String())
+			r.log.Info("publishing recovered", "position", p.recorded.String())
 			r.failing = nil
 			retry.reset()
 		}
