@@ -17,10 +17,9 @@ import (
 
 // window is the most unconfirmed messages: the relay's (two batches of
 // batchSize) and the raw publisher's, which splits it over its channels.
-const (
-	batchSize = 500
-	window    = 2 * batchSize
-)
+const batchSize = 500
+
+var window = relay.Config{BatchSize: batchSize}.Window()
 
 // relayDrain runs the relay on a backlog of n rows and returns rows per
 // second from Run until the last row's position is recorded. It then checks

@@ -131,8 +131,13 @@ func (c Config) renewEvery() time.Duration { return c.LeaseTimeout / 3 }
 // after the renewal began, so the leader stops before a standby may start.
 func (c Config) leaseValid() time.Duration { return c.LeaseTimeout * 3 / 4 }
 
-// window is the most rows awaiting confirms at once.
-func (c Config) window() int { return 2 * c.BatchSize }
+// Window is the most rows awaiting confirms at once: two batches. A
+// Publisher sizes what it keeps per message in flight by it.
+func (c Config) Window() int { return 2 * c.BatchSize }
+
+// WindowBytes is the most bytes of rows (Row.Size) awaiting confirms at
+// once: two batches' worth. A row larger than that goes alone.
+func (c Config) WindowBytes() int { return 2 * c.BatchBytes }
 
 // batch bounds one read.
 func (c Config) batch() Batch {

@@ -106,6 +106,14 @@ type Parking interface {
 	Failed(ctx context.Context, row Row, attempts int, reason string, retry time.Duration, dead bool, policy DeadRows) (remaining int, err error)
 }
 
+// retryEvery is how often the leader looks for parked rows whose turn has
+// come: every second, or every ParkRetryMin if that is shorter (no row is
+// due sooner), but no more than a hundred times a second, since each look
+// waits for the window to drain.
+func (c Config) retryEvery() time.Duration {
+	return min(time.Second, max(c.ParkRetryMin, 10*time.Millisecond))
+}
+
 // parkBackoff is the wait before attempt n+1 after n failed attempts.
 func (c Config) parkBackoff(failed int) time.Duration {
 	d := c.ParkRetryMin << min(failed-1, 30)

@@ -10,10 +10,6 @@ import (
 // errStopped ends Run after a clean stop.
 var errStopped = errors.New("stopped")
 
-// retryEvery is how often the leader looks for parked rows whose turn has
-// come.
-const retryEvery = time.Second
-
 // pipeline keeps a sliding window of published rows awaiting confirms: it
 // publishes while fewer than Window rows are in flight, and records the
 // position as the oldest flights are confirmed. The next batch is read in
@@ -88,7 +84,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 	}
 	if !stopping && p.parking.retryWanted && len(p.window.flights) == 0 && p.writes.writing == nil {
 		p.parking.retryWanted = false
-		p.parking.retry.Reset(retryEvery)
+		p.parking.retry.Reset(p.cfg.retryEvery())
 		if p.expired() {
 			return ErrLeaseLost
 		}

@@ -61,7 +61,7 @@ func (p *pipeline) room() int {
 		}
 		return 1
 	}
-	n := p.cfg.window() - p.window.inFlight
+	n := p.cfg.Window() - p.window.inFlight
 	if p.writes.writing != nil {
 		n -= p.writes.writing.rows
 	}
@@ -91,7 +91,7 @@ func (p *pipeline) hasRoom() bool {
 // roomBytes is how many more bytes of rows may be published now, as room
 // is for rows.
 func (p *pipeline) roomBytes() int {
-	n := 2*p.cfg.BatchBytes - p.window.inFlightBytes
+	n := p.cfg.WindowBytes() - p.window.inFlightBytes
 	if p.writes.writing != nil {
 		n -= p.writes.writing.bytes
 	}

@@ -25,7 +25,8 @@ type Config struct {
 	// Heartbeat is the AMQP heartbeat interval. Zero means 10 s.
 	Heartbeat time.Duration
 	// Window is the most messages the caller keeps awaiting confirms; it
-	// sizes the buffer of returned messages. Zero means 1000.
+	// sizes the buffer of returned messages: relay.Config.Window. Zero
+	// means the window of the default batch size.
 	Window int
 	// Channels is how many confirm-mode channels carry messages; each
 	// aggregate always goes over the same one, so its order holds. Zero
@@ -244,7 +245,7 @@ func New(cfg Config) (*Broker, error) {
 		cfg.Heartbeat = 10 * time.Second
 	}
 	if cfg.Window == 0 {
-		cfg.Window = 1000
+		cfg.Window = relay.Config{BatchSize: relay.DefaultBatchSize}.Window()
 	}
 	if cfg.Channels == 0 {
 		cfg.Channels = 1
