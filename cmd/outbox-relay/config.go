@@ -20,7 +20,7 @@ import (
 // tag is the name without RELAY_ (help, and the deployments' tests, read
 // them so); readEnv reads RELAY_ variables only. The bounds in a desc are
 // the ones loadEnv, relayConfig and brokerConfig check, in the words of
-// README's table.
+// the table in docs/configuration.md (readme_test.go checks it).
 type env struct {
 	DatabaseURL     string        `envconfig:"DATABASE_URL" desc:"PostgreSQL URL or DSN (pgx syntax; several hosts for failover). Required; not blank. Percent-encode reserved characters in a URL's password (@ as %40, / as %2F)."`
 	AMQPURL         string        `envconfig:"AMQP_URL" desc:"amqp:// or amqps:// URL; a comma-separated list for a cluster, tried in turn. Required by run; every port 1 to 65535."`
@@ -214,9 +214,9 @@ func fieldError(err error, vars map[string]string) error {
 	return &usageError{err.Error()}
 }
 
-// openStore reads the environment and opens the outbox store, for the
-// one-shot commands (status, dead).
-func openStore() (*env, *postgres.Store, error) {
+// openAdmin reads the environment and opens the outbox's operator side,
+// for the one-shot commands (status, dead, replay).
+func openAdmin() (*env, *postgres.Admin, error) {
 	e, err := loadEnv()
 	if err != nil {
 		return nil, nil, err
@@ -225,9 +225,9 @@ func openStore() (*env, *postgres.Store, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := postgres.Open(cfg)
+	admin, err := postgres.OpenAdmin(cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open database: %w", err)
 	}
-	return e, store, nil
+	return e, admin, nil
 }

@@ -90,11 +90,11 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return &usageError{fmt.Sprintf("dead: unknown subcommand %q (list, retry or drop)", sub)}
 	}
 
-	e, store, err := openStore()
+	e, admin, err := openAdmin()
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer admin.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	// The table as configured and the database without its password: an
@@ -102,7 +102,7 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	where := fmt.Sprintf("table %s in %s", e.Table, postgres.Describe(e.DatabaseURL))
 
 	if sub == "list" {
-		dead, err := store.Dead(ctx)
+		dead, err := admin.Dead(ctx)
 		if err != nil {
 			return fmt.Errorf("dead rows of %s: %w", where, err)
 		}
@@ -122,12 +122,12 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return nil
 	}
-	act, did, level, logMsg := store.RetryDead, "sent back for publishing", slog.LevelInfo, "dead row sent back for publishing"
+	act, did, level, logMsg := admin.RetryDead, "sent back for publishing", slog.LevelInfo, "dead row sent back for publishing"
 	if sub == "drop" {
-		act, did, level, logMsg = store.DropDead, "dropped", slog.LevelWarn, "dead row dropped: it will never be published"
+		act, did, level, logMsg = admin.DropDead, "dropped", slog.LevelWarn, "dead row dropped: it will never be published"
 	}
 	if *dryRun {
-		return deadDryRun(ctx, store, *all, ids, where, did, e.DeadRows, stdout)
+		return deadDryRun(ctx, admin, *all, ids, where, did, e.DeadRows, stdout)
 	}
 	done, err := act(ctx, *all, ids)
 	if err != nil {
@@ -143,8 +143,8 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 // deadDryRun prints the dead rows (all, or those of ids) that retry or drop
 // would act on, and changes nothing.
-func deadDryRun(ctx context.Context, store *postgres.Store, all bool, ids []int64, where, did, policy string, stdout io.Writer) error {
-	dead, err := store.Dead(ctx)
+func deadDryRun(ctx context.Context, admin *postgres.Admin, all bool, ids []int64, where, did, policy string, stdout io.Writer) error {
+	dead, err := admin.Dead(ctx)
 	if err != nil {
 		return fmt.Errorf("dead rows of %s: %w", where, err)
 	}

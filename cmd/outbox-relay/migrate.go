@@ -7,9 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/outboxrelay/outboxrelay"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
 )
 
@@ -38,22 +35,8 @@ func migrateCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, e.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", postgres.Describe(e.DatabaseURL), err)
-	}
-	defer conn.Close(context.Background())
-
-	// One simple-protocol batch runs as one transaction; the advisory lock
-	// serializes replicas that migrate at the same moment, which IF NOT
-	// EXISTS alone does not make safe.
-	script := "SELECT pg_advisory_xact_lock(hashtext('outbox-relay migrate'));\n"
-	if cfg.Table.Schema != "" {
-		script += "SET LOCAL search_path TO " + pgx.Identifier{cfg.Table.Schema}.Sanitize() + ";\n"
-	}
-	script += outboxrelay.Schema
-	if _, err := conn.PgConn().Exec(ctx, script).ReadAll(); err != nil {
-		return fmt.Errorf("apply schema: %w", err)
+	if err := postgres.Migrate(ctx, e.DatabaseURL, cfg.Table); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "schema applied to %s (table %s)\n", postgres.Describe(e.DatabaseURL), cfg.Table)
 	return nil

@@ -1,19 +1,13 @@
 package main
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/relay/metrics"
-	"github.com/outboxrelay/outboxrelay/relay/postgres"
 )
-
-// sampleEvery is how often the relay reads the outbox's state (pending,
-// parked and dead rows, lag, hold-ups) for the metrics and readiness.
-const sampleEvery = 5 * time.Second
 
 // stalledAfter is how long a leader with pending rows may record none
 // before /readyz reports it stalled: long enough to ride out a broker
@@ -55,43 +49,4 @@ func probeHandler(m *metrics.Metrics, stuck time.Duration) http.Handler {
 	})
 	mux.Handle("GET /metrics", m.Handler())
 	return mux
-}
-
-// sampleOutbox reads the outbox's state into m every interval until ctx
-// ends.
-func sampleOutbox(ctx context.Context, store *postgres.Store, m *metrics.Metrics, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		s := readSample(ctx, store, interval)
-		if ctx.Err() != nil {
-			return
-		}
-		m.Observe(s) // nil when the database could not be read
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// readSample reads the outbox's state, or returns nil if it cannot.
-func readSample(ctx context.Context, store *postgres.Store, timeout time.Duration) *metrics.Sample {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	st, err := store.Status(ctx)
-	if err != nil {
-		return nil
-	}
-	x, err := store.HeldBack(ctx)
-	if err != nil {
-		return nil
-	}
-	s := &metrics.Sample{Pending: st.Pending, Parked: st.Parked, Dead: st.Dead,
-		OldestPendingAgeSeconds: st.OldestPendingAgeSeconds}
-	if x != nil {
-		s.HoldupAgeSeconds = x.AgeSeconds
-	}
-	return s
 }

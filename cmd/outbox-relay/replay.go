@@ -12,6 +12,7 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
 	"github.com/outboxrelay/outboxrelay/relay/rabbitmq"
+	"github.com/outboxrelay/outboxrelay/relay/replay"
 )
 
 const replayUsage = `usage: outbox-relay replay [selection] [--to-queue NAME] [--dry-run]
@@ -38,13 +39,6 @@ interleave with live ones, so consumers must deduplicate on message_id.
 
 flags:
 `
-
-// replayHeader marks a replayed message, next to the headers every
-// message carries (aggregate_type, aggregate_id, outbox_id).
-const replayHeader = "outbox_replay"
-
-// replayConfirmTimeout bounds the wait for one batch's confirms.
-const replayConfirmTimeout = time.Minute
 
 type replayFlags struct {
 	sel     postgres.ReplaySelection
@@ -118,137 +112,69 @@ func replayCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	e, store, err := openStore()
+	e, admin, err := openAdmin()
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer admin.Close()
 	if _, err := e.relayConfig(); err != nil {
 		return err // RELAY_BATCH_SIZE sizes the pages
 	}
-	var broker *rabbitmq.Broker
+	cfg := replay.Config{BatchSize: e.BatchSize, Exchange: e.Exchange, ToQueue: f.toQueue,
+		OnSkip: func(row *relay.Row, err error) {
+			fmt.Fprintf(stderr, "outbox-relay replay: warning: row %d skipped: %s\n", row.ID, termText(err.Error()))
+		},
+		OnDryRun: func(row *relay.Row, m relay.Message) {
+			fmt.Fprintf(stdout, "%d  txid %d  %s/%s  %s  exchange %q  routing key %q  message_id %s\n",
+				row.ID, row.TxID, termField(row.AggregateType), termField(row.AggregateID), termField(row.EventType),
+				m.Exchange, m.RoutingKey, termField(m.MessageID))
+		}}
 	if !f.dryRun {
-		cfg, err := e.brokerConfig()
+		bcfg, err := e.brokerConfig()
 		if err != nil {
 			return err
 		}
-		cfg.Name = "outbox-relay replay"
-		cfg.Window = e.BatchSize
-		cfg.Logger = newLogger(e, stderr)
-		if broker, err = rabbitmq.New(cfg); err != nil {
+		bcfg.Name = "outbox-relay replay"
+		bcfg.Window = e.BatchSize
+		bcfg.Logger = newLogger(e, stderr)
+		broker, err := rabbitmq.New(bcfg)
+		if err != nil {
 			return fmt.Errorf("open broker: %w", err)
 		}
 		defer broker.Close()
+		cfg.Publisher = broker
 	}
 
-	plan, err := store.PlanReplay(ctx, f.sel)
+	plan, err := admin.PlanReplay(ctx, f.sel)
 	if err != nil {
 		return fmt.Errorf("replay from %s: %w", postgres.Describe(e.DatabaseURL), err)
 	}
-	r := &replayer{flags: f, env: e, store: store, broker: broker, plan: plan, out: stdout, errOut: stderr}
-	sendErr := r.run(ctx)
-	r.report(stdout, stderr)
+	cfg.Rows = func(ctx context.Context, after relay.Position, limit int) ([]relay.Row, error) {
+		return admin.ReplayRows(ctx, plan, f.sel, after, limit)
+	}
+	res, sendErr := replay.Run(ctx, cfg)
+	replayReport(stdout, stderr, plan, res, f.dryRun)
 	switch {
 	case sendErr != nil:
 		return sendErr
-	case r.sent == 0 && plan.Pruned:
+	case res.Sent == 0 && plan.Pruned:
 		return errors.New("nothing replayed: the selected rows that were published have been deleted by retention")
 	}
 	return nil
 }
 
-// replayer sends the rows of one replay.
-type replayer struct {
-	flags  replayFlags
-	env    *env
-	store  *postgres.Store
-	broker *rabbitmq.Broker // nil for a dry run
-	plan   postgres.ReplayPlan
-	out    io.Writer
-	errOut io.Writer // warnings
-	sent   int       // rows sent and confirmed (or printed, for a dry run)
-	// skipped are the ids of the rows that cannot become messages (their
-	// headers cannot become AMQP headers), in publishing order.
-	skipped []int64
-}
-
-// run reads the selection page by page in publishing order and publishes
-// (or prints) each page, waiting for its confirms before reading the next.
-func (r *replayer) run(ctx context.Context) error {
-	var after relay.Position
-	for {
-		rows, err := r.store.ReplayRows(ctx, r.plan, r.flags.sel, after, r.env.BatchSize)
-		if err != nil {
-			return fmt.Errorf("read rows to replay: %w", err)
-		}
-		if len(rows) == 0 {
-			return nil
-		}
-		after = rows[len(rows)-1].Position()
-		msgs := make([]relay.Message, 0, len(rows))
-		sending := make([]*relay.Row, 0, len(rows)) // the row of each message
-		for i := range rows {
-			row := &rows[i]
-			m, err := relay.NewMessage(row, r.env.Exchange)
-			if err != nil {
-				// The row's own fault, and no retry cures it: the rest of
-				// the selection still goes out, and the row is named.
-				r.skip(row, err)
-				continue
-			}
-			m.Headers[replayHeader] = true
-			if r.flags.toQueue != "" {
-				m.Exchange, m.RoutingKey = "", r.flags.toQueue
-			}
-			msgs, sending = append(msgs, m), append(sending, row)
-		}
-		if r.broker == nil {
-			for i, m := range msgs {
-				row := sending[i]
-				fmt.Fprintf(r.out, "%d  txid %d  %s/%s  %s  exchange %q  routing key %q  message_id %s\n",
-					row.ID, row.TxID, termField(row.AggregateType), termField(row.AggregateID), termField(row.EventType),
-					m.Exchange, m.RoutingKey, termField(m.MessageID))
-			}
-			r.sent += len(msgs)
-			continue
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		wctx, cancel := context.WithTimeout(ctx, replayConfirmTimeout)
-		answers, err := r.broker.Publish(wctx, msgs).Wait(wctx)
-		cancel()
-		n, refused := relay.Leading(answers)
-		r.sent += n
-		if err == nil {
-			err = refused
-		}
-		if n < len(msgs) {
-			return fmt.Errorf("replay stopped after %d rows, at row %d (rerun it to send the rest; consumers deduplicate): %w",
-				r.sent, sending[n].ID, err)
-		}
-	}
-}
-
-// skip records a row that cannot become a message and warns about it.
-func (r *replayer) skip(row *relay.Row, err error) {
-	r.skipped = append(r.skipped, row.ID)
-	fmt.Fprintf(r.errOut, "outbox-relay replay: warning: row %d skipped: %s\n", row.ID, termText(err.Error()))
-}
-
-// report prints the summary and what the selection holds that was not
+// replayReport prints the summary and what the selection holds that was not
 // replayed, and why.
-func (r *replayer) report(stdout, stderr io.Writer) {
-	p := r.plan
+func replayReport(stdout, stderr io.Writer, p postgres.ReplayPlan, res replay.Result, dryRun bool) {
 	switch {
-	case r.broker == nil:
-		fmt.Fprintf(stdout, "dry run: %s would be replayed from %s (published up to position %s); nothing was sent\n", rowCount(r.sent), p.Table, p.Position)
+	case dryRun:
+		fmt.Fprintf(stdout, "dry run: %s would be replayed from %s (published up to position %s); nothing was sent\n", rowCount(res.Sent), p.Table, p.Position)
 	default:
-		fmt.Fprintf(stdout, "replayed %s from %s (published up to position %s)\n", rowCount(r.sent), p.Table, p.Position)
+		fmt.Fprintf(stdout, "replayed %s from %s (published up to position %s)\n", rowCount(res.Sent), p.Table, p.Position)
 	}
-	if len(r.skipped) > 0 {
+	if len(res.Skipped) > 0 {
 		fmt.Fprintf(stdout, "%s of the selection skipped: cannot become messages, so not replayed (%s; the warnings say why)\n",
-			rowCount(len(r.skipped)), idList(r.skipped))
+			rowCount(len(res.Skipped)), idList(res.Skipped))
 	}
 	if !p.Started {
 		fmt.Fprintf(stdout, "the relay has not started on %s yet: nothing is published\n", p.Table)

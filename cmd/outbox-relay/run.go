@@ -81,14 +81,17 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
 // Main wires the relay's components: Run starts them in order and Close
 // undoes them in reverse.
 type Main struct {
-	env      *env
-	log      *slog.Logger
-	store    *postgres.Store
-	broker   *rabbitmq.Broker
-	listener *postgres.Listener
-	relay    *relay.Relay
-	metrics  *metrics.Metrics
-	http     *http.Server
+	env       *env
+	log       *slog.Logger
+	store     *postgres.Store
+	broker    *rabbitmq.Broker
+	listener  *postgres.Listener
+	holdUps   *postgres.HoldUpWatcher
+	retention *postgres.Retention
+	metrics   *metrics.Metrics
+	sampler   *sampler
+	relay     *relay.Relay
+	http      *http.Server
 }
 
 func newMain(e *env, log *slog.Logger) (*Main, error) {
@@ -105,30 +108,53 @@ func newMain(e *env, log *slog.Logger) (*Main, error) {
 		return nil, err
 	}
 	m := &Main{env: e, log: log}
-	storeCfg.Logger = log
-	if m.store, err = postgres.Open(storeCfg); err != nil {
-		return nil, fmt.Errorf("open database: %w", err)
-	}
-	brokerCfg.Logger = log
-	brokerCfg.Window = 2 * relayCfg.BatchSize
-	if m.broker, err = rabbitmq.New(brokerCfg); err != nil {
+	if err := m.open(storeCfg, brokerCfg, relayCfg); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("open broker: %w", err)
-	}
-	m.listener = postgres.NewListener(storeCfg.URL, log)
-	m.metrics = metrics.New(m.broker.Connected)
-	relayCfg.Wake = m.listener.C()
-	relayCfg.Logger = log
-	relayCfg.Observer = m.metrics
-	if m.relay, err = relay.New(relayCfg, m.store, m.broker); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("create relay: %w", err)
+		return nil, err
 	}
 	return m, nil
 }
 
-// Run starts the listener and the optional HTTP server, then runs the relay
-// until ctx ends.
+// open builds the components from their configurations, in order.
+func (m *Main) open(storeCfg postgres.Config, brokerCfg rabbitmq.Config, relayCfg relay.Config) error {
+	var err error
+	storeCfg.Logger = m.log
+	if m.store, err = postgres.Open(storeCfg); err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	brokerCfg.Logger = m.log
+	brokerCfg.Window = relayCfg.Window()
+	if m.broker, err = rabbitmq.New(brokerCfg); err != nil {
+		return fmt.Errorf("open broker: %w", err)
+	}
+	if m.listener, err = postgres.NewListener(postgres.ListenerConfig{URL: storeCfg.URL, Logger: m.log}); err != nil {
+		return fmt.Errorf("create listener: %w", err)
+	}
+	m.metrics = metrics.New(m.broker.Connected)
+	// One log line when a long transaction has held rows back for 10 s
+	// (the default threshold), one when it ends.
+	if m.holdUps, err = postgres.NewHoldUpWatcher(m.store.Admin(), postgres.HoldUpWatcherConfig{Logger: m.log}); err != nil {
+		return fmt.Errorf("create hold-up watcher: %w", err)
+	}
+	// Published rows older than RELAY_RETENTION are deleted while this
+	// replica holds the lease; 0 disables it (Run returns at once).
+	m.retention, err = postgres.NewRetention(m.store, postgres.RetentionConfig{Retention: m.env.Retention, Logger: m.log,
+		OnDeleted: m.metrics.RetentionDeleted})
+	if err != nil {
+		return fmt.Errorf("create retention: %w", err)
+	}
+	m.sampler = newSampler(m.store.Admin(), m.metrics, samplerConfig{})
+	relayCfg.Wake = m.listener.C()
+	relayCfg.Logger = m.log
+	relayCfg.Observer = m.metrics
+	if m.relay, err = relay.New(relayCfg, m.store, m.broker); err != nil {
+		return fmt.Errorf("create relay: %w", err)
+	}
+	return nil
+}
+
+// Run starts the background services and the optional HTTP server, then
+// runs the relay until ctx ends.
 func (m *Main) Run(ctx context.Context) error {
 	m.log.Info("outbox-relay starting", "version", version(),
 		"database", postgres.Describe(m.env.DatabaseURL), "table", m.env.Table,
@@ -136,25 +162,18 @@ func (m *Main) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	lctx, stopListener := context.WithCancel(ctx)
-	defer stopListener()
+	lctx, stopServices := context.WithCancel(ctx)
+	defer stopServices()
 	wg.Go(func() { m.listener.Run(lctx) })
-	// One log line when a long transaction has held rows back for 10 s,
-	// one when it ends.
-	wg.Go(func() { postgres.WatchHoldUps(lctx, m.store, 5*time.Second, 10*time.Second, m.log) })
-	// Published rows older than RELAY_RETENTION are deleted while this
-	// replica holds the lease; 0 disables it (RunRetention returns at once).
-	wg.Go(func() {
-		postgres.RunRetention(lctx, m.store, postgres.RetentionConfig{Retention: m.env.Retention, Logger: m.log,
-			OnDeleted: m.metrics.RetentionDeleted})
-	})
+	wg.Go(func() { m.holdUps.Run(lctx) })
+	wg.Go(func() { m.retention.Run(lctx) })
 
 	if m.env.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", m.env.HTTPAddr)
 		if err != nil {
 			return &usageError{fmt.Sprintf("RELAY_HTTP_ADDR: %v", err)}
 		}
-		wg.Go(func() { sampleOutbox(lctx, m.store, m.metrics, sampleEvery) })
+		wg.Go(func() { m.sampler.Run(lctx) })
 		m.http = newHTTPServer(probeHandler(m.metrics, stuckAfter(m.env)))
 		wg.Go(func() {
 			if err := m.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -31,14 +31,14 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := parseFlags(fs, args, statusUsage, stderr); err != nil {
 		return err
 	}
-	e, store, err := openStore()
+	e, admin, err := openAdmin()
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer admin.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := store.Status(ctx)
+	st, err := admin.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("status of %s: %w", postgres.Describe(e.DatabaseURL), err)
 	}

@@ -21,12 +21,12 @@ type DeadRow struct {
 }
 
 // Dead lists the dead rows of the table, in publishing order.
-func (s *Store) Dead(ctx context.Context) ([]DeadRow, error) {
-	key, err := s.resolve(ctx)
+func (a *Admin) Dead(ctx context.Context) ([]DeadRow, error) {
+	key, err := a.resolve(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, s.q.deadList, key)
+	rows, err := a.pool.Query(ctx, a.q.deadList, key)
 	if err != nil {
 		return nil, fmt.Errorf("list dead rows: %w", err)
 	}
@@ -40,26 +40,26 @@ func (s *Store) Dead(ctx context.Context) ([]DeadRow, error) {
 // RetryDead sends dead rows back for publishing (all of them, or those with
 // the given ids): the leader retries them at once, in order, and their
 // aggregates flow again once they are published. It returns the ids.
-func (s *Store) RetryDead(ctx context.Context, all bool, ids []int64) ([]int64, error) {
-	return s.deadUpdate(ctx, s.q.deadRetry, all, ids)
+func (a *Admin) RetryDead(ctx context.Context, all bool, ids []int64) ([]int64, error) {
+	return a.deadUpdate(ctx, a.q.deadRetry, all, ids)
 }
 
 // DropDead discards dead rows (all of them, or those with the given ids):
 // they are never published, and the rows waiting behind them go on. It
 // returns the ids.
-func (s *Store) DropDead(ctx context.Context, all bool, ids []int64) ([]int64, error) {
-	return s.deadUpdate(ctx, s.q.deadDrop, all, ids)
+func (a *Admin) DropDead(ctx context.Context, all bool, ids []int64) ([]int64, error) {
+	return a.deadUpdate(ctx, a.q.deadDrop, all, ids)
 }
 
-func (s *Store) deadUpdate(ctx context.Context, query string, all bool, ids []int64) ([]int64, error) {
-	key, err := s.resolve(ctx)
+func (a *Admin) deadUpdate(ctx context.Context, query string, all bool, ids []int64) ([]int64, error) {
+	key, err := a.resolve(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if ids == nil {
 		ids = []int64{}
 	}
-	rows, err := s.pool.Query(ctx, query, key, all, ids)
+	rows, err := a.pool.Query(ctx, query, key, all, ids)
 	if err != nil {
 		return nil, err
 	}

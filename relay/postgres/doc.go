@@ -1,11 +1,22 @@
-// Package postgres is the relay's PostgreSQL adapter: it reads committed
-// outbox rows in (transaction id, id) order, records the published position,
-// reports status, and listens for the optional wake-up notifications.
+// Package postgres is the relay's PostgreSQL adapter. It has two sides:
+//
+//   - Store is the relay's port (it implements relay.Store): it reads
+//     committed outbox rows in (transaction id, id) order, holds the lease
+//     and the replica's name, records the published position and parks the
+//     rows the broker rejects. Beside it run the leader's services: the
+//     wake-up Listener and Retention, which deletes published rows.
+//   - Admin is the operator's side: status, dead rows (list, retry, drop),
+//     the hold-up probe and its HoldUpWatcher, and the reads of a replay
+//     (package relay/replay publishes them). It holds no lease. OpenAdmin
+//     gives it a pool of its own; Store.Admin shares the store's.
+//
+// Migrate applies the schema. The SQL of each side is in one place:
+// queries.go for the port, admin_queries.go for the operator.
 //
 // Reading is gap-free: a row is read only once its writer's transaction id is
 // below the xmin of the reader's snapshot, that is, once every transaction
 // that could still commit a row before it has finished. Rows that commit out
 // of id order therefore never fall behind the cursor. The price is latency,
 // never loss: a long-running transaction anywhere in the cluster holds
-// publishing back until it ends (Status reports it).
+// publishing back until it ends (Admin.HeldBack reports it).
 package postgres

@@ -70,7 +70,7 @@ func TestLeaseFencesADeposedReplica(t *testing.T) {
 	if _, err := a.Acquire(ctx); err != nil {
 		t.Fatalf("a: Acquire after b released = %v", err)
 	}
-	st, err := a.Status(ctx)
+	st, err := a.Admin().Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

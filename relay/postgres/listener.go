@@ -9,11 +9,34 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/relay"
 )
 
 // Channel is the notification channel the optional outbox_notify trigger
 // sends on.
 const Channel = "outbox_relay"
+
+// ListenerConfig configures a Listener.
+type ListenerConfig struct {
+	// URL is the database to listen on, in Config.URL's syntax; pool_*
+	// settings in it are understood, not sent to the server. Required.
+	URL string
+	// Logger receives a line when the listener loses its connection and
+	// one when it listens again. Nil discards.
+	Logger *slog.Logger
+}
+
+// Validate reports the first field that cannot work.
+func (c ListenerConfig) Validate() error {
+	if c.URL == "" {
+		return &relay.ConfigError{Field: "URL", Problem: "is required"}
+	}
+	if _, err := pgxpool.ParseConfig(c.URL); err != nil {
+		return &relay.ConfigError{Field: "URL", Problem: "cannot be parsed: " + redactParseError(err)}
+	}
+	return nil
+}
 
 // Listener holds a dedicated connection that LISTENs on Channel and turns
 // notifications into wake-ups. Notifications are only hints: they are lost
@@ -25,9 +48,16 @@ type Listener struct {
 	wake chan struct{}
 }
 
-// NewListener returns a Listener for the database at url.
-func NewListener(url string, log *slog.Logger) *Listener {
-	return &Listener{url: url, log: log, wake: make(chan struct{}, 1)}
+// NewListener returns a Listener. It does not connect until Run.
+func NewListener(cfg ListenerConfig) (*Listener, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Listener{url: cfg.URL, log: log, wake: make(chan struct{}, 1)}, nil
 }
 
 // C delivers wake-ups. It holds at most one pending value, so a burst of

@@ -2,7 +2,8 @@ package postgres
 
 import "fmt"
 
-// queries holds the adapter's SQL for one outbox table. Transaction ids
+// queries holds the SQL of the relay's port (Store) for one outbox table;
+// the operator's SQL is in admin_queries.go. Transaction ids
 // go to PostgreSQL as text and are cast to xid8, which works in every pgx
 // query mode, PgBouncer's simple protocol included.
 type queries struct {
@@ -10,11 +11,6 @@ type queries struct {
 	// outbox made by an earlier version: both conditions are index
 	// conditions of one range scan, already in ORDER BY order.
 	read string
-	// resolve names the table as schema.name, or NULL if it does not exist.
-	resolve string
-	// columns tells whether the table has the relay's txid column and
-	// the lock_keys column of ordering locks.
-	columns string
 	// aggregateKey computes an aggregate's key on the server.
 	aggregateKey string
 	// ensurePosition creates the table's position row if missing.
@@ -42,20 +38,10 @@ type queries struct {
 	// outbox_pkey (txid, id); max(xid8) needs PostgreSQL 15), to detect a
 	// restored database.
 	horizon string
-	// status counts pending rows (range scan of outbox_pkey (txid, id)).
-	status string
 	// Parked rows (outbox_relay_parked; the order index serves the heads).
 	// A parked row holds its aggregate back (holding below) unless it was
 	// dropped, or is dead and the policy ($n skip) lets dead rows go.
 	parkedAggs, park, dueHeads, unpark, reported, remaining, failed, skipped string
-	// Dead rows, for the dead command and status.
-	deadCount, deadList, deadRetry, deadDrop string
-	// heldBack tells whether committed rows after the position wait for
-	// an older transaction to end (one range probe of outbox_pkey (txid, id)).
-	heldBack string
-	// blocker finds the oldest running or prepared transaction that
-	// holds an xid: it holds back the snapshot xmin, and so publishing.
-	blocker string
 }
 
 // newQueries returns the queries of table t. lockKeys says whether it has
@@ -74,15 +60,6 @@ SELECT %s, octet_length(o.payload), %s
    AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY o.txid, o.id
  LIMIT $3`, lockCol, readColumns, outbox),
-		resolve: `
-SELECT (SELECT n.nspname || '.' || c.relname
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.oid = to_regclass($1))`,
-		columns: `
-SELECT count(*) FILTER (WHERE attname = 'txid' AND atttypid = 'xid8'::regtype) = 1,
-       count(*) FILTER (WHERE attname = 'lock_keys' AND atttypid = 'text'::regtype) = 1
-  FROM pg_attribute
- WHERE attrelid = to_regclass($1) AND attname IN ('txid', 'lock_keys') AND NOT attisdropped`,
 		aggregateKey: fmt.Sprintf(`SELECT %s($1, $2)`, t.sibling("outbox_aggregate_key")),
 		ensurePosition: fmt.Sprintf(`
 INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`, pos),
@@ -113,15 +90,6 @@ UPDATE %s SET holder = NULL, lease_until = NULL, state = NULL
 		horizon: fmt.Sprintf(`
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
        coalesce((SELECT txid FROM %s ORDER BY txid DESC LIMIT 1), '0')::text`, outbox),
-		status: fmt.Sprintf(`
-SELECT p.txid::text AS txid_text, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''), coalesce(p.state, ''),
-       coalesce(extract(epoch FROM p.lease_until - now()), 0)::float8,
-       count(o.id),
-       coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8
-  FROM %s p
-  LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
- WHERE p.outbox_table = $1
- GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.state, p.lease_until`, pos, outbox),
 		parkedAggs: fmt.Sprintf(`
 SELECT DISTINCT aggregate_type, aggregate_id FROM %s WHERE outbox_table = $1 AND %s`, parked, holding("$2")),
 		park: fmt.Sprintf(`
@@ -157,45 +125,6 @@ SELECT k.aggregate_type, k.aggregate_id, k.id, e.event_id::text
   FROM %[1]s k JOIN %[2]s e ON e.txid = k.txid AND e.id = k.id
  WHERE k.outbox_table = $1 AND NOT k.gap_reported AND NOT %[3]s
  ORDER BY k.txid, k.id`, parked, outbox, holdingAs("k", "$2")),
-		deadCount: fmt.Sprintf(`
-SELECT count(*) FILTER (WHERE dead), count(*) FILTER (WHERE NOT dead),
-       count(DISTINCT (aggregate_type, aggregate_id)) FILTER (WHERE dead)
-  FROM %s WHERE outbox_table = $1 AND NOT dropped`, parked),
-		deadList: fmt.Sprintf(`
-SELECT p.id, p.aggregate_type, p.aggregate_id, p.attempts, coalesce(p.last_error, ''),
-       extract(epoch FROM now() - p.parked_at)::float8, coalesce(o.event_type, ''), coalesce(o.routing_key, ''),
-       (SELECT count(*) FROM %s w WHERE w.outbox_table = p.outbox_table AND w.aggregate_type = p.aggregate_type
-           AND w.aggregate_id = p.aggregate_id AND NOT w.dead AND NOT w.dropped)
-  FROM %s p LEFT JOIN %s o ON o.txid = p.txid AND o.id = p.id
- WHERE p.outbox_table = $1 AND p.dead AND NOT p.dropped
- ORDER BY p.txid, p.id`, parked, parked, outbox),
-		deadRetry: fmt.Sprintf(`
-UPDATE %s SET dead = false, attempts = 0, next_attempt_at = now()
- WHERE outbox_table = $1 AND dead AND NOT dropped AND ($2 OR id = ANY($3))
-RETURNING id`, parked),
-		// A dropped row keeps its entry, so that replay never takes it
-		// for a published one.
-		deadDrop: fmt.Sprintf(`
-UPDATE %s SET dropped = true
- WHERE outbox_table = $1 AND dead AND NOT dropped AND ($2 OR id = ANY($3))
-RETURNING id`, parked),
-		heldBack: fmt.Sprintf(`
-SELECT EXISTS (
-  SELECT 1 FROM %s o, %s p
-   WHERE p.outbox_table = $1 AND (o.txid, o.id) > (p.txid, p.id)
-     AND o.txid >= pg_snapshot_xmin(pg_current_snapshot()))`, outbox, pos),
-		blocker: `
-SELECT pid, database, age_seconds, prepared FROM (
-  SELECT pid, coalesce(datname, '') AS database,
-         coalesce(extract(epoch FROM now() - xact_start), 0)::float8 AS age_seconds,
-         false AS prepared, age(backend_xid) AS xid_age
-    FROM pg_stat_activity WHERE backend_xid IS NOT NULL
-  UNION ALL
-  SELECT 0, database, extract(epoch FROM now() - prepared)::float8, true, age(transaction)
-    FROM pg_prepared_xacts
-) x
- ORDER BY xid_age DESC
- LIMIT 1`,
 	}
 }
 
@@ -211,52 +140,37 @@ func holdingAs(alias, skip string) string {
 	return fmt.Sprintf("(NOT %[1]sdropped AND NOT (%[1]sdead AND %[2]s))", alias, skip)
 }
 
-// retentionQueries holds the SQL of retention (prune.go) and replay
-// (replay.go) for one outbox table.
-type retentionQueries struct {
-	// prune deletes one batch of published rows, fenced on the lease: the
-	// position row must name this replica, its epoch and an unexpired
-	// lease, or the batch is empty. The batch is the next $6 rows after
-	// the cursor ($4, $5) and at or before the recorded position: both
-	// bounds are index conditions of one range scan of
-	// outbox_pkey (txid, id) (the position comes in as scalar subqueries so
-	// the planner can use it as a bound, not a join filter). Of those, rows
-	// older than $7 ms and not parked are deleted by their (txid, id);
-	// the newest created_at and the highest id deleted are recorded in
-	// the same statement. It returns how many rows it deleted and looked
-	// at, and the last row looked at (the next cursor) and whether it was
-	// too young. No row at all means nothing was left to look at.
-	prune string
-	// replayBounds reads the recorded position and what retention deleted
-	// (primary key lookup).
-	replayBounds string
-	// replayRows reads the next $13 published rows of a selection after the
-	// cursor ($9, $10) and at or before the position ($11, $12), in
-	// publishing order: one range scan of outbox_pkey (txid, id), the
-	// selection applied as a filter, parked rows skipped (their primary
-	// key).
-	replayRows string
-	// replayCounts counts the rows of a selection after the position
-	// ($9, $10; a range scan of outbox_pkey (txid, id)), and its parked rows
-	// and the dead ones among them (outbox_relay_parked_pkey, then
-	// outbox_pkey).
-	replayCounts string
-}
+// resolveQuery names the table $1 as schema.name, or NULL if it does not
+// exist. It and columnsQuery name no table of their own, so they are
+// constants: Store and Admin share them.
+const resolveQuery = `
+SELECT (SELECT n.nspname || '.' || c.relname
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass($1))`
 
-// replaySelection is the filter of the replay queries: $2..$8 are the
-// selection (NULL matches anything), $1 the table's key.
-const replaySelection = `($2::bigint IS NULL OR o.id >= $2)
-   AND ($3::bigint IS NULL OR o.id <= $3)
-   AND ($4::timestamptz IS NULL OR o.created_at >= $4)
-   AND ($5::timestamptz IS NULL OR o.created_at < $5)
-   AND ($6::text IS NULL OR o.aggregate_type = $6)
-   AND ($7::text IS NULL OR o.aggregate_id = $7)
-   AND ($8::text IS NULL OR o.event_type = $8)`
+// columnsQuery tells whether the table $1 has the relay's txid column and
+// the lock_keys column of ordering locks.
+const columnsQuery = `
+SELECT count(*) FILTER (WHERE attname = 'txid' AND atttypid = 'xid8'::regtype) = 1,
+       count(*) FILTER (WHERE attname = 'lock_keys' AND atttypid = 'text'::regtype) = 1
+  FROM pg_attribute
+ WHERE attrelid = to_regclass($1) AND attname IN ('txid', 'lock_keys') AND NOT attisdropped`
 
-func newRetentionQueries(t Table) retentionQueries {
+// pruneQuery is retention's (retention.go) delete of one batch of
+// published rows of table t, fenced on the lease: the position row must
+// name this replica, its epoch and an unexpired lease, or the batch is
+// empty. The batch is the next $6 rows after the cursor ($4, $5) and at or
+// before the recorded position: both bounds are index conditions of one
+// range scan of outbox_pkey (txid, id) (the position comes in as scalar
+// subqueries so the planner can use it as a bound, not a join filter). Of
+// those, rows older than $7 ms and not parked are deleted by their
+// (txid, id); the newest created_at and the highest id deleted are
+// recorded in the same statement. It returns how many rows it deleted and
+// looked at, and the last row looked at (the next cursor) and whether it
+// was too young. No row at all means nothing was left to look at.
+func pruneQuery(t Table) string {
 	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
-	return retentionQueries{
-		prune: fmt.Sprintf(`
+	return fmt.Sprintf(`
 WITH lease AS MATERIALIZED (
   SELECT txid, id FROM %[2]s
    WHERE outbox_table = $1 AND holder = $2 AND epoch = $3 AND lease_until > now()
@@ -281,25 +195,5 @@ WITH lease AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM gone)::int, (SELECT count(*) FROM batch)::int,
        l.txid::text AS txid_text, l.id, l.created_at >= now() - $7 * interval '1 millisecond'
-  FROM (SELECT txid, id, created_at FROM batch ORDER BY txid DESC, id DESC LIMIT 1) l`, outbox, pos, parked),
-		replayBounds: fmt.Sprintf(`
-SELECT txid::text AS txid_text, id, pruned_until, coalesce(pruned_id, 0) FROM %s WHERE outbox_table = $1`, pos),
-		replayRows: fmt.Sprintf(`
-SELECT %s
-  FROM %s o
- WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
-   AND (o.txid, o.id) <= ($11::text::xid8, $12::bigint)
-   AND %s
-   AND NOT EXISTS (SELECT 1 FROM %s k WHERE k.outbox_table = $1 AND k.id = o.id)
- ORDER BY o.txid, o.id
- LIMIT $13`, rowColumns, outbox, replaySelection, parked),
-		replayCounts: fmt.Sprintf(`
-SELECT (SELECT count(*) FROM %[1]s o
-         WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
-           AND %[3]s),
-       count(*), count(*) FILTER (WHERE k.dead)
-  FROM %[2]s k JOIN %[1]s o ON o.txid = k.txid AND o.id = k.id
- WHERE k.outbox_table = $1
-   AND %[3]s`, outbox, parked, replaySelection),
-	}
+  FROM (SELECT txid, id, created_at FROM batch ORDER BY txid DESC, id DESC LIMIT 1) l`, outbox, pos, parked)
 }

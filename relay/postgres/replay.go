@@ -70,14 +70,14 @@ type ReplayPlan struct {
 
 // PlanReplay reads the recorded position, the retention watermark and the
 // selection's pending and parked rows, all from one snapshot.
-func (s *Store) PlanReplay(ctx context.Context, sel ReplaySelection) (ReplayPlan, error) {
-	key, err := s.resolve(ctx)
+func (a *Admin) PlanReplay(ctx context.Context, sel ReplaySelection) (ReplayPlan, error) {
+	key, err := a.resolve(ctx)
 	if err != nil {
 		return ReplayPlan{}, err
 	}
-	q := newRetentionQueries(s.table)
+	q := a.q
 	plan := ReplayPlan{Table: key}
-	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, a.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var txid string
 		var prunedUntil *time.Time
 		err := tx.QueryRow(ctx, q.replayBounds, key).Scan(&txid, &plan.Position.ID, &prunedUntil, &plan.PrunedID)
@@ -112,12 +112,12 @@ func (s *Store) PlanReplay(ctx context.Context, sel ReplaySelection) (ReplayPlan
 
 // ReplayRows returns up to limit rows of the selection after the cursor and
 // at or before plan.Position, parked rows left out, in publishing order.
-func (s *Store) ReplayRows(ctx context.Context, plan ReplayPlan, sel ReplaySelection, after relay.Position, limit int) ([]relay.Row, error) {
+func (a *Admin) ReplayRows(ctx context.Context, plan ReplayPlan, sel ReplaySelection, after relay.Position, limit int) ([]relay.Row, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	args := append(append([]any{plan.Table}, sel.args()...),
 		strconv.FormatUint(after.TxID, 10), after.ID, strconv.FormatUint(plan.Position.TxID, 10), plan.Position.ID, limit)
-	rows, err := s.pool.Query(ctx, newRetentionQueries(s.table).replayRows, args...)
+	rows, err := a.pool.Query(ctx, a.q.replayRows, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 )
 
 // replayAll pages through a selection in pages of two rows.
-func replayAll(t *testing.T, s *Store, plan ReplayPlan, sel ReplaySelection) []int64 {
+func replayAll(t *testing.T, s *Admin, plan ReplayPlan, sel ReplaySelection) []int64 {
 	t.Helper()
 	var got []int64
 	var after relay.Position
@@ -39,14 +39,14 @@ func TestReplaySelectsPublishedRowsInOrder(t *testing.T) {
 	insertAged(t, b, "3", 1, 0)
 	// Before the relay ever started: nothing is published, everything is
 	// pending.
-	plan, err := b.store.PlanReplay(ctx, ReplaySelection{})
+	plan, err := b.store.Admin().PlanReplay(ctx, ReplaySelection{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if plan.Started || plan.Pending != 8 {
 		t.Fatalf("plan before the relay started: %+v, want 8 pending", plan)
 	}
-	if got := replayAll(t, b.store, plan, ReplaySelection{}); len(got) != 0 {
+	if got := replayAll(t, b.store.Admin(), plan, ReplaySelection{}); len(got) != 0 {
 		t.Fatalf("replayed %v before the relay started, want nothing", got)
 	}
 
@@ -82,7 +82,7 @@ func TestReplaySelectsPublishedRowsInOrder(t *testing.T) {
 		{"since a time and an aggregate", ReplaySelection{Since: rows[3].CreatedAt, AggregateType: "order", AggregateID: "1"}, id(6), 0, 1, 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			plan, err := a.PlanReplay(ctx, c.sel)
+			plan, err := a.Admin().PlanReplay(ctx, c.sel)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,7 +92,7 @@ func TestReplaySelectsPublishedRowsInOrder(t *testing.T) {
 			if plan.Pending != c.pending || plan.Parked != c.parked || plan.Dead != c.dead {
 				t.Errorf("pending %d, parked %d, dead %d; want %d, %d, %d", plan.Pending, plan.Parked, plan.Dead, c.pending, c.parked, c.dead)
 			}
-			if got := replayAll(t, a, plan, c.sel); !slices.Equal(got, c.want) {
+			if got := replayAll(t, a.Admin(), plan, c.sel); !slices.Equal(got, c.want) {
 				t.Errorf("replayed %v, want %v", got, c.want)
 			}
 		})
@@ -111,10 +111,10 @@ func TestReplayPlanReportsWhatRetentionDeleted(t *testing.T) {
 	if err := a.Record(ctx, rows[6].Position()); err != nil {
 		t.Fatal(err)
 	}
-	if plan, err := a.PlanReplay(ctx, ReplaySelection{}); err != nil || plan.Pruned {
+	if plan, err := a.Admin().PlanReplay(ctx, ReplaySelection{}); err != nil || plan.Pruned {
 		t.Fatalf("before retention: %+v, %v; want nothing pruned", plan, err)
 	}
-	if n, err := a.Prune(ctx, RetentionConfig{Retention: time.Hour}); n != 4 || err != nil {
+	if n, err := prune(ctx, t, a, RetentionConfig{Retention: time.Hour}); n != 4 || err != nil {
 		t.Fatalf("Prune = %d, %v; want 4", n, err)
 	}
 	for _, c := range []struct {
@@ -132,14 +132,14 @@ func TestReplayPlanReportsWhatRetentionDeleted(t *testing.T) {
 		{"ids after the deleted ones", ReplaySelection{FromID: rows[4].ID}, false, 3},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			plan, err := a.PlanReplay(ctx, c.sel)
+			plan, err := a.Admin().PlanReplay(ctx, c.sel)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if plan.Pruned != c.pruned || plan.PrunedID != rows[3].ID || !plan.PrunedUntil.Equal(rows[3].CreatedAt) {
 				t.Errorf("plan %+v, want pruned %v up to row %d created %v", plan, c.pruned, rows[3].ID, rows[3].CreatedAt)
 			}
-			if got := replayAll(t, a, plan, c.sel); len(got) != c.left {
+			if got := replayAll(t, a.Admin(), plan, c.sel); len(got) != c.left {
 				t.Errorf("replayed %v, want %d rows", got, c.left)
 			}
 		})

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,66 +17,14 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// Config configures a Store.
-type Config struct {
-	// URL is a PostgreSQL URL or keyword/value DSN in pgx syntax.
-	URL string
-	// Table is the outbox table; its schema also holds
-	// outbox_relay_position.
-	Table Table
-	// MaxConns caps the pool. Zero means 4.
-	MaxConns int32
-	// Replica names this replica in the lease and in status
-	// (RELAY_REPLICA_NAME). Empty means the host name and six random hex
-	// digits, unique to this process. A name is held by one live process at
-	// a time (see identity.go): a second process with the same name does
-	// not lead while the first runs.
-	Replica string
-	// LeaseTimeout is how long a lease lasts without renewal. Zero means
-	// relay.DefaultLeaseTimeout.
-	LeaseTimeout time.Duration
-	// Logger is told, at Start, when the table's ordering locks cannot be
-	// checked. Nil discards.
-	Logger *slog.Logger
-}
-
-// Validate reports the first field that cannot work.
-func (c Config) Validate() error {
-	if c.URL == "" {
-		return &relay.ConfigError{Field: "URL", Problem: "is required"}
-	}
-	if err := CheckURL(c.URL); err != nil {
-		return &relay.ConfigError{Field: "URL", Problem: err.Error()}
-	}
-	if _, err := pgxpool.ParseConfig(c.URL); err != nil {
-		return &relay.ConfigError{Field: "URL", Problem: "cannot be parsed: " + redactParseError(err)}
-	}
-	if len(c.Replica) > maxReplicaName {
-		return &relay.ConfigError{Field: "Replica", Problem: fmt.Sprintf("must be at most %d bytes, got %d", maxReplicaName, len(c.Replica))}
-	}
-	if _, err := ParseTable(c.Table.String()); err != nil {
-		return &relay.ConfigError{Field: "Table", Problem: err.Error()}
-	}
-	if c.MaxConns < 0 {
-		return &relay.ConfigError{Field: "MaxConns", Problem: "must not be negative"}
-	}
-	if c.LeaseTimeout < 0 {
-		return &relay.ConfigError{Field: "LeaseTimeout", Problem: "must not be negative"}
-	}
-	return nil
-}
-
-// maxReplicaName bounds a replica's name, which status prints and the
-// lease row stores.
-const maxReplicaName = 200
-
 // callTimeout bounds each read and position write, so a connection that
 // went silent (a half-open TCP connection) fails the call instead of
 // stalling the relay until the kernel gives up on it.
 const callTimeout = 30 * time.Second
 
 // Store reads an outbox table and records the relay's position in
-// PostgreSQL. It implements relay.Store. Its pool connects lazily and
+// PostgreSQL: it is the relay's port, and implements relay.Store. The
+// operator's side of the same table is Admin. Its pool connects lazily and
 // reconnects by itself, so a database that is down only fails calls.
 type Store struct {
 	pool         *pgxpool.Pool
@@ -101,25 +48,13 @@ type Store struct {
 	checkLocks bool
 }
 
+var _ relay.Store = (*Store)(nil)
+
 // Open returns a Store. It does not connect yet.
 func Open(cfg Config) (*Store, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	pc, err := pgxpool.ParseConfig(cfg.URL)
+	pool, pc, err := newPool(cfg)
 	if err != nil {
 		return nil, err
-	}
-	switch {
-	case cfg.MaxConns > 0:
-		pc.MaxConns = cfg.MaxConns
-	case !strings.Contains(cfg.URL, "pool_max_conns"):
-		pc.MaxConns = 4 // reads, position writes and status need few
-	}
-	pc.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
-	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
-	if err != nil {
-		return nil, fmt.Errorf("create pool: %w", err)
 	}
 	replica := cfg.Replica
 	if replica == "" {
@@ -148,14 +83,15 @@ func (s *Store) Close() {
 	s.pool.Close()
 }
 
-// Pool exposes the pool for commands that run their own SQL (migrate).
+// Pool exposes the pool, for callers that run their own SQL on the
+// store's connections.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Start resolves the table, creates its position row if missing, refuses a
 // database whose rows or position lie beyond its transaction counter, and
 // returns the recorded position.
 func (s *Store) Start(ctx context.Context) (relay.Position, error) {
-	key, lockKeys, err := s.resolveColumns(ctx)
+	key, lockKeys, err := resolveTable(ctx, s.pool, s.table)
 	if err != nil {
 		return relay.Position{}, err
 	}
@@ -189,29 +125,12 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 	return pos, nil
 }
 
+// resolve names the table as schema.name. It reads no state that Start
+// sets, so the services beside the relay (retention) may call it while
+// Start runs.
 func (s *Store) resolve(ctx context.Context) (string, error) {
-	key, _, err := s.resolveColumns(ctx)
+	key, _, err := resolveTable(ctx, s.pool, s.table)
 	return key, err
-}
-
-// resolveColumns names the table as schema.name and tells whether it has
-// the lock_keys column.
-func (s *Store) resolveColumns(ctx context.Context) (string, bool, error) {
-	var key *string
-	if err := s.pool.QueryRow(ctx, s.q.resolve, s.table.sql()).Scan(&key); err != nil {
-		return "", false, fmt.Errorf("look up table %s: %w", s.table, err)
-	}
-	if key == nil {
-		return "", false, fmt.Errorf("table %s does not exist (run outbox-relay migrate, or apply schema.sql)", s.table)
-	}
-	var txid, lockKeys bool
-	if err := s.pool.QueryRow(ctx, s.q.columns, s.table.sql()).Scan(&txid, &lockKeys); err != nil {
-		return "", false, fmt.Errorf("check table %s: %w", s.table, err)
-	}
-	if !txid {
-		return "", false, fmt.Errorf("table %s has no txid xid8 column (apply schema.sql)", s.table)
-	}
-	return *key, lockKeys, nil
 }
 
 // canCheckLocks tells whether rows' ordering locks can be checked: the
@@ -295,71 +214,4 @@ func (s *Store) Record(ctx context.Context, pos relay.Position) error {
 		return relay.ErrLeaseLost // another replica took the lease (or the row was removed)
 	}
 	return nil
-}
-
-// Status describes the outbox for `outbox-relay status`.
-type Status struct {
-	Table                   string    `json:"table"`
-	Position                string    `json:"position"`
-	PositionUpdatedAt       time.Time `json:"position_updated_at"`
-	Pending                 int64     `json:"pending"`
-	Dead                    int64     `json:"dead"`
-	Parked                  int64     `json:"parked"`          // rejected rows waiting for a retry, not yet dead
-	DeadAggregates          int64     `json:"dead_aggregates"` // aggregates with dead rows: held back under RELAY_DEAD_ROWS=hold
-	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
-	Leader                  string    `json:"leader"`                  // replica holding the lease; empty if none
-	LeaderState             string    `json:"leader_state"`            // what the leader reported at its last renewal
-	LeaseRemainingSeconds   float64   `json:"lease_remaining_seconds"` // until the lease lapses; negative once lapsed
-	Epoch                   int64     `json:"epoch"`                   // lease epoch (fencing token)
-	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
-}
-
-// Xact is the oldest running (or prepared) transaction that holds a
-// transaction id. While it runs, rows of younger transactions wait.
-type Xact struct {
-	PID        int32   `json:"pid"` // 0 for a prepared transaction
-	Database   string  `json:"database"`
-	AgeSeconds float64 `json:"age_seconds"`
-	Prepared   bool    `json:"prepared"`
-}
-
-// Status reports pending and dead rows, the age of the oldest pending row,
-// the leader, and the oldest running transaction.
-func (s *Store) Status(ctx context.Context) (Status, error) {
-	key, err := s.resolve(ctx)
-	if err != nil {
-		return Status{}, err
-	}
-	st := Status{Table: key, Position: "none"}
-	var txid string
-	var id int64
-	err = s.pool.QueryRow(ctx, s.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Epoch, &st.Leader, &st.LeaderState,
-		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		// The relay never started on this table: everything is pending.
-		err = s.pool.QueryRow(ctx, fmt.Sprintf(
-			`SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM %s`, s.table.sql())).
-			Scan(&st.Pending, &st.OldestPendingAgeSeconds)
-		if err != nil {
-			return Status{}, fmt.Errorf("count pending rows: %w", err)
-		}
-	case err != nil:
-		return Status{}, fmt.Errorf("read position: %w", err)
-	default:
-		st.Position = txid + "/" + strconv.FormatInt(id, 10)
-	}
-	if err := s.pool.QueryRow(ctx, s.q.deadCount, key).Scan(&st.Dead, &st.Parked, &st.DeadAggregates); err != nil {
-		return Status{}, fmt.Errorf("count dead rows: %w", err)
-	}
-	var x Xact
-	err = s.pool.QueryRow(ctx, s.q.blocker).Scan(&x.PID, &x.Database, &x.AgeSeconds, &x.Prepared)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return Status{}, fmt.Errorf("find oldest transaction: %w", err)
-	default:
-		st.OldestXact = &x
-	}
-	return st, nil
 }

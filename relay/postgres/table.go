@@ -1,11 +1,13 @@
 package postgres
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Table is a validated outbox table name. Only plain identifiers are
@@ -58,4 +60,25 @@ func (t Table) sibling(name string) string {
 		return pgx.Identifier{name}.Sanitize()
 	}
 	return pgx.Identifier{t.Schema, name}.Sanitize()
+}
+
+// resolveTable names table t as schema.name and tells whether it has the
+// lock_keys column of ordering locks. It fails, saying how to create it,
+// if the table does not exist or lacks the relay's txid column.
+func resolveTable(ctx context.Context, pool *pgxpool.Pool, t Table) (key string, lockKeys bool, err error) {
+	var name *string
+	if err := pool.QueryRow(ctx, resolveQuery, t.sql()).Scan(&name); err != nil {
+		return "", false, fmt.Errorf("look up table %s: %w", t, err)
+	}
+	if name == nil {
+		return "", false, fmt.Errorf("table %s does not exist (run outbox-relay migrate, or apply schema.sql)", t)
+	}
+	var txid bool
+	if err := pool.QueryRow(ctx, columnsQuery, t.sql()).Scan(&txid, &lockKeys); err != nil {
+		return "", false, fmt.Errorf("check table %s: %w", t, err)
+	}
+	if !txid {
+		return "", false, fmt.Errorf("table %s has no txid xid8 column (apply schema.sql)", t)
+	}
+	return *name, lockKeys, nil
 }

@@ -39,7 +39,7 @@ const retentionFirstPass = 5 * time.Second
 // cannot get it fails and the next pass tries again.
 const retentionLockTimeout = time.Second
 
-// RetentionConfig configures RunRetention and Prune.
+// RetentionConfig configures a Retention.
 type RetentionConfig struct {
 	// Retention is how long a published row is kept, counted from its
 	// created_at in database time. Zero (or less) disables deletion.
@@ -88,14 +88,48 @@ func (c RetentionConfig) WithDefaults() RetentionConfig {
 	return c
 }
 
-// RunRetention deletes published rows older than cfg.Retention, a pass
-// every cfg.Interval (the first a few seconds after it starts), until ctx
-// ends. It returns at once when cfg.Retention is zero. Only the replica
-// that holds the lease deletes anything: every batch is fenced on it.
-// Failures are logged once, retried at the next pass, and their end is
-// logged once.
-func RunRetention(ctx context.Context, s *Store, cfg RetentionConfig) {
-	cfg = cfg.WithDefaults()
+// Validate reports the first field that cannot work. A negative Retention
+// is not a mistake: like zero, it disables deletion.
+func (c RetentionConfig) Validate() error {
+	switch {
+	case c.Interval < 0:
+		return &relay.ConfigError{Field: "Interval", Problem: "must not be negative"}
+	case c.Batch < 0:
+		return &relay.ConfigError{Field: "Batch", Problem: "must not be negative"}
+	case c.Pause < 0:
+		return &relay.ConfigError{Field: "Pause", Problem: "must not be negative"}
+	case c.Timeout < 0:
+		return &relay.ConfigError{Field: "Timeout", Problem: "must not be negative"}
+	case c.Timeout > 0 && c.Timeout < time.Millisecond:
+		// statement_timeout is in milliseconds, and 0 would disable it.
+		return &relay.ConfigError{Field: "Timeout", Problem: "must be at least 1ms"}
+	}
+	return nil
+}
+
+// Retention is the leader's background deletion of published rows. Every
+// replica runs one; only the one that holds the lease deletes anything,
+// since every batch is fenced on the lease.
+type Retention struct {
+	store *Store
+	cfg   RetentionConfig
+	prune string // pruneQuery of the store's table
+}
+
+// NewRetention returns the retention of s's table.
+func NewRetention(s *Store, cfg RetentionConfig) (*Retention, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Retention{store: s, cfg: cfg.WithDefaults(), prune: pruneQuery(s.table)}, nil
+}
+
+// Run deletes published rows older than the retention, a pass every
+// interval (the first a few seconds after it starts), until ctx ends. It
+// returns at once when the retention is zero. Failures are logged once,
+// retried at the next pass, and their end is logged once.
+func (r *Retention) Run(ctx context.Context) {
+	cfg := r.cfg
 	if cfg.Retention <= 0 {
 		return
 	}
@@ -110,7 +144,7 @@ func RunRetention(ctx context.Context, s *Store, cfg RetentionConfig) {
 		case <-t.C:
 		}
 		began := time.Now()
-		n, err := s.Prune(ctx, cfg)
+		n, err := r.runOnce(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -133,29 +167,28 @@ func RunRetention(ctx context.Context, s *Store, cfg RetentionConfig) {
 	}
 }
 
-// Prune runs one retention pass and returns how many rows it deleted. It
-// walks the published rows in publishing order, cfg.Batch at a time, each
-// batch one statement in its own short transaction, pausing cfg.Pause
-// between batches, and deletes the rows of each batch that are older than
-// cfg.Retention and not parked. It stops at the recorded position, at a
-// batch that ends on a row younger than the retention (the rows after it
-// are younger still, but for writers' clocks and long transactions), or
-// when this replica does not hold the lease. Rows are therefore kept at
-// least cfg.Retention, and a few a little longer.
-func (s *Store) Prune(ctx context.Context, cfg RetentionConfig) (int, error) {
-	cfg = cfg.WithDefaults()
+// runOnce runs one retention pass and returns how many rows it deleted.
+// It walks the published rows in publishing order, Batch at a time, each
+// batch one statement in its own short transaction, pausing Pause between
+// batches, and deletes the rows of each batch that are older than the
+// retention and not parked. It stops at the recorded position, at a batch
+// that ends on a row younger than the retention (the rows after it are
+// younger still, but for writers' clocks and long transactions), or when
+// this replica does not hold the lease. Rows are therefore kept at least
+// the retention, and a few a little longer.
+func (r *Retention) runOnce(ctx context.Context) (int, error) {
+	cfg := r.cfg
 	if cfg.Retention <= 0 {
 		return 0, nil
 	}
-	key, err := s.resolve(ctx) // not s.key: Start may be running concurrently
+	key, err := r.store.resolve(ctx) // not the store's key: Start may be running concurrently
 	if err != nil {
 		return 0, err
 	}
-	query := newRetentionQueries(s.table).prune
 	total := 0
 	var cursor relay.Position
 	for {
-		b, err := s.pruneBatch(ctx, query, key, cursor, cfg)
+		b, err := r.pruneBatch(ctx, key, cursor)
 		if err != nil {
 			return total, fmt.Errorf("delete published rows after %s: %w", cursor, err)
 		}
@@ -185,7 +218,8 @@ type pruneBatch struct {
 	young   bool           // the last row looked at was younger than the retention
 }
 
-func (s *Store) pruneBatch(ctx context.Context, query, key string, after relay.Position, cfg RetentionConfig) (pruneBatch, error) {
+func (r *Retention) pruneBatch(ctx context.Context, key string, after relay.Position) (pruneBatch, error) {
+	s, cfg := r.store, r.cfg
 	var b pruneBatch
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`,
@@ -193,7 +227,7 @@ func (s *Store) pruneBatch(ctx context.Context, query, key string, after relay.P
 			return err
 		}
 		var txid string
-		err := tx.QueryRow(ctx, query, key, s.replica, s.epoch.Load(), strconv.FormatUint(after.TxID, 10), after.ID,
+		err := tx.QueryRow(ctx, r.prune, key, s.replica, s.epoch.Load(), strconv.FormatUint(after.TxID, 10), after.ID,
 			cfg.Batch, cfg.Retention.Milliseconds()).Scan(&b.deleted, &b.scanned, &txid, &b.last.ID, &b.young)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // nothing left to look at, or not the lease holder

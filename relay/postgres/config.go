@@ -1,0 +1,91 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// Config configures a Store, and an Admin opened on its own (OpenAdmin),
+// which uses only URL, Table and MaxConns.
+type Config struct {
+	// URL is a PostgreSQL URL or keyword/value DSN in pgx syntax.
+	URL string
+	// Table is the outbox table; its schema also holds
+	// outbox_relay_position.
+	Table Table
+	// MaxConns caps the pool. Zero means 4.
+	MaxConns int32
+	// Replica names this replica in the lease and in status
+	// (RELAY_REPLICA_NAME). Empty means the host name and six random hex
+	// digits, unique to this process. A name is held by one live process at
+	// a time (see identity.go): a second process with the same name does
+	// not lead while the first runs.
+	Replica string
+	// LeaseTimeout is how long a lease lasts without renewal. Zero means
+	// relay.DefaultLeaseTimeout.
+	LeaseTimeout time.Duration
+	// Logger is told, at Start, when the table's ordering locks cannot be
+	// checked. Nil discards.
+	Logger *slog.Logger
+}
+
+// Validate reports the first field that cannot work.
+func (c Config) Validate() error {
+	if c.URL == "" {
+		return &relay.ConfigError{Field: "URL", Problem: "is required"}
+	}
+	if err := CheckURL(c.URL); err != nil {
+		return &relay.ConfigError{Field: "URL", Problem: err.Error()}
+	}
+	if _, err := pgxpool.ParseConfig(c.URL); err != nil {
+		return &relay.ConfigError{Field: "URL", Problem: "cannot be parsed: " + redactParseError(err)}
+	}
+	if len(c.Replica) > maxReplicaName {
+		return &relay.ConfigError{Field: "Replica", Problem: fmt.Sprintf("must be at most %d bytes, got %d", maxReplicaName, len(c.Replica))}
+	}
+	if _, err := ParseTable(c.Table.String()); err != nil {
+		return &relay.ConfigError{Field: "Table", Problem: err.Error()}
+	}
+	if c.MaxConns < 0 {
+		return &relay.ConfigError{Field: "MaxConns", Problem: "must not be negative"}
+	}
+	if c.LeaseTimeout < 0 {
+		return &relay.ConfigError{Field: "LeaseTimeout", Problem: "must not be negative"}
+	}
+	return nil
+}
+
+// maxReplicaName bounds a replica's name, which status prints and the
+// lease row stores.
+const maxReplicaName = 200
+
+// newPool validates cfg and creates the pool it describes. The pool
+// connects lazily and reconnects by itself.
+func newPool(cfg Config) (*pgxpool.Pool, *pgxpool.Config, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case cfg.MaxConns > 0:
+		pc.MaxConns = cfg.MaxConns
+	case !strings.Contains(cfg.URL, "pool_max_conns"):
+		pc.MaxConns = 4 // reads, position writes and status need few
+	}
+	pc.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create pool: %w", err)
+	}
+	return pool, pc, nil
+}

@@ -1,0 +1,76 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Status describes the outbox for `outbox-relay status`.
+type Status struct {
+	Table                   string    `json:"table"`
+	Position                string    `json:"position"`
+	PositionUpdatedAt       time.Time `json:"position_updated_at"`
+	Pending                 int64     `json:"pending"`
+	Dead                    int64     `json:"dead"`
+	Parked                  int64     `json:"parked"`          // rejected rows waiting for a retry, not yet dead
+	DeadAggregates          int64     `json:"dead_aggregates"` // aggregates with dead rows: held back under RELAY_DEAD_ROWS=hold
+	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
+	Leader                  string    `json:"leader"`                  // replica holding the lease; empty if none
+	LeaderState             string    `json:"leader_state"`            // what the leader reported at its last renewal
+	LeaseRemainingSeconds   float64   `json:"lease_remaining_seconds"` // until the lease lapses; negative once lapsed
+	Epoch                   int64     `json:"epoch"`                   // lease epoch (fencing token)
+	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
+}
+
+// Xact is the oldest running (or prepared) transaction that holds a
+// transaction id. While it runs, rows of younger transactions wait.
+type Xact struct {
+	PID        int32   `json:"pid"` // 0 for a prepared transaction
+	Database   string  `json:"database"`
+	AgeSeconds float64 `json:"age_seconds"`
+	Prepared   bool    `json:"prepared"`
+}
+
+// Status reports pending and dead rows, the age of the oldest pending row,
+// the leader, and the oldest running transaction.
+func (a *Admin) Status(ctx context.Context) (Status, error) {
+	key, err := a.resolve(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{Table: key, Position: "none"}
+	var txid string
+	var id int64
+	err = a.pool.QueryRow(ctx, a.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Epoch, &st.Leader, &st.LeaderState,
+		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		// The relay never started on this table: everything is pending.
+		err = a.pool.QueryRow(ctx, a.q.pendingAll).Scan(&st.Pending, &st.OldestPendingAgeSeconds)
+		if err != nil {
+			return Status{}, fmt.Errorf("count pending rows: %w", err)
+		}
+	case err != nil:
+		return Status{}, fmt.Errorf("read position: %w", err)
+	default:
+		st.Position = txid + "/" + strconv.FormatInt(id, 10)
+	}
+	if err := a.pool.QueryRow(ctx, a.q.deadCount, key).Scan(&st.Dead, &st.Parked, &st.DeadAggregates); err != nil {
+		return Status{}, fmt.Errorf("count dead rows: %w", err)
+	}
+	var x Xact
+	err = a.pool.QueryRow(ctx, a.q.blocker).Scan(&x.PID, &x.Database, &x.AgeSeconds, &x.Prepared)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return Status{}, fmt.Errorf("find oldest transaction: %w", err)
+	default:
+		st.OldestXact = &x
+	}
+	return st, nil
+}
