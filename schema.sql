@@ -236,7 +236,7 @@ COMMENT ON FUNCTION outbox_lock(text[]) IS
 -- Optional low-latency wake-up. The relay always LISTENs on the channel
 -- outbox_relay and always polls as well, so this trigger is not created by
 -- default: every notifying commit takes a cluster-wide lock, which costs busy
--- writers throughput (see README, "Wake-ups"). To opt in:
+-- writers throughput (see docs/design.md, "Wake-ups"). To opt in:
 --   CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 --       FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger

@@ -54,12 +54,12 @@ func (r *rig) contend(t *testing.T, writers int, lock, outages bool) {
 // writers that need it most: 16 connections change 4 hot aggregates
 // concurrently, each transaction taking the aggregate's ordering lock
 // (outbox_lock) first, then bumping its version under the row lock and
-// inserting its events, as the README asks. The relay runs with its
-// defaults. Every event must arrive first in the order of the versions,
+// inserting its events, as docs/design.md (Ordering) asks. The relay runs
+// with its defaults. Every event must arrive first in the order of the versions,
 // which is the commit order, and the relay must count no row as unlocked.
 //
-// With -order.unlocked the writers skip outbox_lock, as the README asked
-// before it (the row lock alone): the test then shows how many events the
+// With -order.unlocked the writers skip outbox_lock and rely on the row
+// lock alone, as the docs once advised: the test then shows how many events the
 // relay published out of commit order and checks that it counted every
 // row as written without its lock, instead of failing on the order.
 func TestContendedWritersKeepCommitOrder(t *testing.T) {

@@ -38,7 +38,7 @@ const (
 // advanceOrderSQL moves an order from one status to another and counts one
 // more event. Every command takes the order's ordering lock before it
 // (inOrder), so the relay publishes each order's events in commit order
-// (see "Ordering" in the top-level README).
+// (see "Ordering" in docs/design.md).
 const advanceOrderSQL = `
 UPDATE orders SET status = $3, reason = $4, version = version + 1, updated_at = now()
 WHERE id = $1 AND status = $2

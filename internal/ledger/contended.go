@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS ledger_business (id bigint GENERATED ALWAYS AS IDENTI
 // aggregate, so the ledger checks that first deliveries follow it.
 //
 // With Lock set, every transaction first takes the aggregate's ordering
-// lock (outbox_lock), as the README asks; without it, it follows only the
+// lock (outbox_lock), as docs/design.md (Ordering) asks; without it, it follows only the
 // row lock, which does not order transaction ids by commit.
 type Contended struct {
 	Pool       *pgxpool.Pool

@@ -76,7 +76,7 @@ func (w *Writer) one(ctx context.Context) error {
 		aggs[i] = fmt.Sprintf("%s-%d", w.Name, rand.N(w.Aggregates))
 		lock = append(lock, "ledger", aggs[i])
 	}
-	// The ordering lock first, as the README asks of writers (a Writer's
+	// The ordering lock first, as docs/design.md (Ordering) asks of writers (a Writer's
 	// own transactions do not overlap, so its order holds either way).
 	if _, err := tx.Exec(ctx, `SELECT outbox_lock(VARIADIC $1::text[])`, lock); err != nil {
 		return fmt.Errorf("writer %s: lock: %w", w.Name, err)

@@ -1,5 +1,5 @@
 -- Variant L: write1_outbox.sql with the ordering lock taken first, as the
--- README asks of writers that need commit order per aggregate.
+-- docs/design.md (Ordering) asks of writers that need commit order per aggregate.
 \set oid random(1, 100000)
 BEGIN;
 SELECT outbox_lock('order', CAST(:oid AS text));
