@@ -119,7 +119,7 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 	if pos.TxID >= next || maxTxid >= next {
 		return relay.Position{}, fmt.Errorf("%w: next transaction id is %d, but the recorded position is %s and the newest row's txid is %d; "+
 			"this database was restored or copied. Rows would be skipped, so the relay will not start. "+
-			"Publish or move the rows and reset the position (see README, \"Restores\")",
+			"Renumber the rows and reset the position (docs/operations.md, \"After a restore or a logical copy\")",
 			relay.ErrPositionAhead, next, pos, maxTxid)
 	}
 	return pos, nil
