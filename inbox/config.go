@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/outboxrelay/outboxrelay/internal/retry"
+	"github.com/outboxrelay/outboxrelay/internal/sqlname"
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
@@ -124,23 +122,8 @@ func (c Config) Validate() error {
 
 // defaultBackoff is 250 ms, 500 ms, 1 s, ... up to 10 s.
 func defaultBackoff(attempt int) time.Duration {
-	const base, ceiling = 250 * time.Millisecond, 10 * time.Second
-	d := base
-	for i := 1; i < attempt && d < ceiling; i++ {
-		d *= 2
-	}
-	return min(d, ceiling)
+	return retry.Ceiling(250*time.Millisecond, 10*time.Second, attempt-1)
 }
-
-// identifier is what Table accepts as a schema or table name: a plain SQL
-// identifier, no quoting, no dots, no spaces. Anything else is refused
-// rather than escaped, so a name can never change a statement. (The same
-// rule as the outbox writer's table names.)
-var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// maxIdentifier is PostgreSQL's NAMEDATALEN-1: longer names are silently
-// truncated by the server, so they would name a different table.
-const maxIdentifier = 63
 
 // parseTables turns Table ("name" or "schema.name"; empty for the default)
 // into the quoted names of the inbox table and of its attempts table.
@@ -148,24 +131,9 @@ func parseTables(table string) (inboxTable, attemptsTable string, err error) {
 	if table == "" {
 		table = DefaultTable
 	}
-	parts := strings.Split(table, ".")
-	if len(parts) > 2 {
-		return "", "", fmt.Errorf("%w: Table %q: want name or schema.name", ErrInvalidConfig, table)
+	n, err := sqlname.Parse(table, sqlname.MaxIdentifier-len(attemptsSuffix))
+	if err != nil {
+		return "", "", fmt.Errorf("%w: Table %w", ErrInvalidConfig, err)
 	}
-	for i, p := range parts {
-		limit := maxIdentifier
-		if i == len(parts)-1 {
-			limit -= len(attemptsSuffix)
-		}
-		if len(p) > limit {
-			return "", "", fmt.Errorf("%w: Table %q: %q is longer than %d bytes", ErrInvalidConfig, table, p, limit)
-		}
-		if !identifier.MatchString(p) {
-			return "", "", fmt.Errorf("%w: Table %q: %q is not a letter or underscore followed by letters, digits and underscores", ErrInvalidConfig, table, p)
-		}
-	}
-	attempts := append([]string(nil), parts...)
-	attempts[len(attempts)-1] += attemptsSuffix
-	// Quoted, so the names are exact and case-sensitive.
-	return pgx.Identifier(parts).Sanitize(), pgx.Identifier(attempts).Sanitize(), nil
+	return n.Quoted(), n.Sibling(n.Name + attemptsSuffix), nil
 }

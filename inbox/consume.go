@@ -3,10 +3,11 @@ package inbox
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/internal/retry"
 )
 
 // ErrDeliveriesClosed is returned by [Inbox.Consume] when its deliveries
@@ -39,7 +40,8 @@ const (
 // may then be processed out of order.
 func (in *Inbox) Consume(ctx context.Context, deliveries <-chan amqp.Delivery) error {
 	log := in.cfg.Logger.With("consumer", in.cfg.Consumer)
-	var failures int // consecutive database failures
+	backoff := retry.Backoff{Min: databaseRetryMin, Max: databaseRetryMax}
+	var failing retry.Streak // of database failures
 	for {
 		var d amqp.Delivery
 		var ok bool
@@ -54,9 +56,9 @@ func (in *Inbox) Consume(ctx context.Context, deliveries <-chan amqp.Delivery) e
 		err := in.Handle(ctx, d)
 		switch {
 		case err == nil:
-			if failures > 0 {
-				log.Info("inbox: database recovered", "failed_deliveries", failures)
-				failures = 0
+			if n := failing.Succeed(); n > 0 {
+				log.Info("inbox: database recovered", "failed_deliveries", n)
+				backoff.Reset()
 			}
 		case errors.Is(err, ErrRejected):
 			// Logged even when stopping: the message has left the queue.
@@ -64,27 +66,14 @@ func (in *Inbox) Consume(ctx context.Context, deliveries <-chan amqp.Delivery) e
 		case ctx.Err() != nil:
 			return nil
 		case errors.Is(err, ErrDatabase):
-			if failures == 0 {
+			if failing.Fail(err) {
 				log.Warn("inbox: database failed; requeueing and retrying", "message_id", d.MessageId, "err", err)
 			}
-			failures++
-			sleep(ctx, databaseBackoff(failures))
+			sleep(ctx, backoff.Next())
 		default:
 			log.Warn("inbox: message not processed", "message_id", d.MessageId, "routing_key", d.RoutingKey, "err", err)
 		}
 	}
-}
-
-// databaseBackoff is the wait after the nth consecutive database failure:
-// uniform between databaseRetryMin and min(databaseRetryMin·2ⁿ,
-// databaseRetryMax). Jitter keeps a fleet of consumers from retrying in
-// lockstep.
-func databaseBackoff(n int) time.Duration {
-	ceil := databaseRetryMin << min(n, 30)
-	if ceil > databaseRetryMax || ceil <= 0 {
-		ceil = databaseRetryMax
-	}
-	return databaseRetryMin + rand.N(ceil-databaseRetryMin+1)
 }
 
 // sleep waits for d or until ctx ends.

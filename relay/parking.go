@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/outboxrelay/outboxrelay/internal/retry"
 )
 
 // A row the broker rejects (no route, a missing exchange, a body too large)
@@ -116,11 +118,7 @@ func (c Config) retryEvery() time.Duration {
 
 // parkBackoff is the wait before attempt n+1 after n failed attempts.
 func (c Config) parkBackoff(failed int) time.Duration {
-	d := c.ParkRetryMin << min(failed-1, 30)
-	if d > c.ParkRetryMax || d <= 0 {
-		d = c.ParkRetryMax
-	}
-	return d
+	return retry.Ceiling(c.ParkRetryMin, c.ParkRetryMax, failed-1)
 }
 
 // parking is the leader's view of parked rows.

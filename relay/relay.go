@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"time"
+
+	"github.com/outboxrelay/outboxrelay/internal/retry"
 )
 
 // Relay moves committed outbox rows to the broker. Create it with New and
@@ -17,10 +19,10 @@ type Relay struct {
 	pub   Publisher
 	log   *slog.Logger
 	pos   Position // recorded position
-	// failing is the last failure of publishing, until rows are recorded
+	// failing is the streak of failed rounds, until rows are recorded
 	// again; it outlives a lease lost meanwhile, so the recovery is
 	// reported whichever term of leadership it comes in.
-	failing error
+	failing retry.Streak
 	locks   lockReport // rows published without their ordering lock
 }
 
@@ -89,7 +91,8 @@ type term struct {
 // acquire stands by until this replica holds the lease, and returns the
 // term it leads in. It returns false when ctx ends first.
 func (r *Relay) acquire(ctx context.Context) (term, bool) {
-	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
+	backoff := r.backoff()
+	var failing retry.Streak
 	var waiting string
 	for ctx.Err() == nil {
 		r.cfg.Observer.Alive()
@@ -126,8 +129,10 @@ func (r *Relay) acquire(ctx context.Context) (term, bool) {
 			waiting = err.Error()
 			r.sleep(ctx, r.cfg.LeaseTimeout/4+rand.N(r.cfg.LeaseTimeout/8+1))
 		default:
-			r.log.Warn("cannot take the lease; retrying", "err", err)
-			r.sleep(ctx, retry.next())
+			if failing.Fail(err) {
+				r.log.Warn("cannot take the lease; retrying", "err", err)
+			}
+			r.sleep(ctx, backoff.Next())
 		}
 	}
 	return term{}, false
@@ -144,7 +149,7 @@ func (r *Relay) lead(ctx context.Context, t term) error {
 	p := newPipeline(ctx, r.cfg, r.store, r.pub, t, r.unlocked)
 	defer p.close()
 	defer func() { r.pos = p.recorded }()
-	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
+	backoff := r.backoff()
 	for {
 		err := p.step(ctx, finish)
 		switch {
@@ -167,19 +172,17 @@ func (r *Relay) lead(ctx context.Context, t term) error {
 				r.log.Info("stopped after a failed round", "err", err, "position", p.recorded.String())
 				return nil
 			}
-			if r.failing == nil || r.failing.Error() != err.Error() {
+			if r.failing.Fail(err) {
 				r.log.Warn("publishing failed; retrying", "err", err, "position", p.recorded.String())
 			}
-			r.failing = err
 			r.cfg.Observer.Failed(failure(err))
 			if h := r.cfg.Hooks.RoundFailed; h != nil {
 				h(err)
 			}
-			r.sleep(ctx, retry.next())
-		case p.progressed && r.failing != nil:
-			r.log.Info("publishing recovered", "position", p.recorded.String())
-			r.failing = nil
-			retry.reset()
+			r.sleep(ctx, backoff.Next())
+		case p.progressed && r.failing.Failing():
+			r.log.Info("publishing recovered", "position", p.recorded.String(), "failed_rounds", r.failing.Succeed())
+			backoff.Reset()
 		}
 	}
 }
@@ -196,7 +199,8 @@ func (r *Relay) release(ctx context.Context) {
 // start reads the recorded position, retrying while the store is
 // unreachable.
 func (r *Relay) start(ctx context.Context) error {
-	retry := backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax}
+	backoff := r.backoff()
+	var failing retry.Streak
 	for {
 		r.cfg.Observer.Alive()
 		pos, err := r.store.Start(ctx)
@@ -211,9 +215,17 @@ func (r *Relay) start(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil // stopped before starting: nothing in flight
 		}
-		r.log.Warn("cannot start yet; retrying", "err", err)
-		r.sleep(ctx, retry.next())
+		if failing.Fail(err) {
+			r.log.Warn("cannot start yet; retrying", "err", err)
+		}
+		r.sleep(ctx, backoff.Next())
 	}
+}
+
+// backoff is the wait between attempts after a failure: capped,
+// jittered, from RetryMin to RetryMax.
+func (r *Relay) backoff() retry.Backoff {
+	return retry.Backoff{Min: r.cfg.RetryMin, Max: r.cfg.RetryMax}
 }
 
 func (r *Relay) sleep(ctx context.Context, d time.Duration) {

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxrelay/outboxrelay/internal/retry"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
@@ -66,31 +66,27 @@ func (l *Listener) C() <-chan struct{} { return l.wake }
 
 // Run listens until ctx ends, reconnecting with capped, jittered backoff.
 func (l *Listener) Run(ctx context.Context) {
-	const minWait, maxWait = 100 * time.Millisecond, 10 * time.Second
-	wait := minWait
-	failing := false
+	backoff := retry.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second}
+	var failing retry.Streak
 	for ctx.Err() == nil {
 		err := l.listen(ctx, func() {
-			if failing {
+			if failing.Succeed() > 0 {
 				l.log.Info("listening for wake-ups again")
-				failing = false
 			}
-			wait = minWait
+			backoff.Reset()
 		})
 		if ctx.Err() != nil {
 			return
 		}
-		if !failing {
+		if failing.Fail(err) {
 			l.log.Warn("wake-up listener lost; polling continues", "err", err)
-			failing = true
 		}
-		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		t := time.NewTimer(backoff.Next())
 		select {
 		case <-ctx.Done():
 		case <-t.C:
 		}
 		t.Stop()
-		wait = min(wait*2, maxWait)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outboxrelay/outboxrelay/internal/retry"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
@@ -136,7 +137,7 @@ func (r *Retention) Run(ctx context.Context) {
 	log := cfg.Logger
 	t := time.NewTimer(min(cfg.Interval, retentionFirstPass))
 	defer t.Stop()
-	failing := false
+	var failing retry.Streak
 	for {
 		select {
 		case <-ctx.Done():
@@ -149,14 +150,12 @@ func (r *Retention) Run(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			if !failing {
+			if failing.Fail(err) {
 				log.Warn("retention: deleting published rows failed; retrying at the next pass", "err", err, "deleted", n)
 			}
-			failing = true
 		default:
-			if failing {
+			if failing.Succeed() > 0 {
 				log.Info("retention recovered")
-				failing = false
 			}
 			if n > 0 {
 				log.Info("retention: deleted published rows", "rows", n, "older_than", cfg.Retention,

@@ -3,11 +3,10 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"regexp"
-	"strings"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/internal/sqlname"
 )
 
 // Table is a validated outbox table name. Only plain identifiers are
@@ -17,50 +16,22 @@ type Table struct {
 	Name   string
 }
 
-var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
-
 // ParseTable parses "name" or "schema.name". Each part must be a plain
 // identifier: a letter or underscore, then letters, digits or underscores, at
 // most 63 bytes.
 func ParseTable(s string) (Table, error) {
-	parts := strings.Split(s, ".")
-	if len(parts) > 2 {
-		return Table{}, fmt.Errorf("%q: want name or schema.name", s)
-	}
-	for _, p := range parts {
-		if !identifier.MatchString(p) {
-			return Table{}, fmt.Errorf("%q is not a plain identifier (letters, digits and _, not starting with a digit, at most 63 bytes)", p)
-		}
-	}
-	if len(parts) == 2 {
-		return Table{Schema: parts[0], Name: parts[1]}, nil
-	}
-	return Table{Name: parts[0]}, nil
+	n, err := sqlname.Parse(s, sqlname.MaxIdentifier)
+	return Table(n), err
 }
 
 // String returns the name as given, unquoted.
-func (t Table) String() string {
-	if t.Schema == "" {
-		return t.Name
-	}
-	return t.Schema + "." + t.Name
-}
+func (t Table) String() string { return sqlname.Name(t).String() }
 
 // sql returns the quoted name for use in SQL text.
-func (t Table) sql() string {
-	if t.Schema == "" {
-		return pgx.Identifier{t.Name}.Sanitize()
-	}
-	return pgx.Identifier{t.Schema, t.Name}.Sanitize()
-}
+func (t Table) sql() string { return sqlname.Name(t).Quoted() }
 
 // sibling returns a quoted name for another table in the same schema.
-func (t Table) sibling(name string) string {
-	if t.Schema == "" {
-		return pgx.Identifier{name}.Sanitize()
-	}
-	return pgx.Identifier{t.Schema, name}.Sanitize()
-}
+func (t Table) sibling(name string) string { return sqlname.Name(t).Sibling(name) }
 
 // resolveTable names table t as schema.name and tells whether it has the
 // lock_keys column of ordering locks. It fails, saying how to create it,
