@@ -51,7 +51,7 @@ func newAdminQueries(t Table) adminQueries {
 	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
 	return adminQueries{
 		status: fmt.Sprintf(`
-SELECT p.txid::text AS txid_text, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''), coalesce(p.state, ''),
+SELECT p.txid, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''), coalesce(p.state, ''),
        coalesce(extract(epoch FROM p.lease_until - now()), 0)::float8,
        count(o.id),
        coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8
@@ -101,19 +101,19 @@ SELECT pid, database, age_seconds, prepared FROM (
  ORDER BY xid_age DESC
  LIMIT 1`,
 		replayBounds: fmt.Sprintf(`
-SELECT txid::text AS txid_text, id, pruned_until, coalesce(pruned_id, 0) FROM %s WHERE outbox_table = $1`, pos),
+SELECT txid, id, pruned_until, coalesce(pruned_id, 0) FROM %s WHERE outbox_table = $1`, pos),
 		replayRows: fmt.Sprintf(`
 SELECT %s
   FROM %s o
- WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
-   AND (o.txid, o.id) <= ($11::text::xid8, $12::bigint)
+ WHERE (o.txid, o.id) > ($9::xid8, $10::bigint)
+   AND (o.txid, o.id) <= ($11::xid8, $12::bigint)
    AND %s
    AND NOT EXISTS (SELECT 1 FROM %s k WHERE k.outbox_table = $1 AND k.id = o.id)
  ORDER BY o.txid, o.id
  LIMIT $13`, rowColumns, outbox, replaySelection, parked),
 		replayCounts: fmt.Sprintf(`
 SELECT (SELECT count(*) FROM %[1]s o
-         WHERE (o.txid, o.id) > ($9::text::xid8, $10::bigint)
+         WHERE (o.txid, o.id) > ($9::xid8, $10::bigint)
            AND %[3]s),
        count(*), count(*) FILTER (WHERE k.dead)
   FROM %[2]s k JOIN %[1]s o ON o.txid = k.txid AND o.id = k.id

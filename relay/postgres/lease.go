@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -72,17 +71,13 @@ func (s *Store) Acquire(ctx context.Context) (relay.Position, error) {
 // goneEpoch (-1 for none). pgx.ErrNoRows means it was not taken.
 func (s *Store) take(ctx context.Context, goneEpoch int64) (relay.Position, error) {
 	var epoch int64
-	var txid string
 	var pos relay.Position
-	err := s.pool.QueryRow(ctx, s.q.acquire, s.key, s.replica, s.leaseTimeout.Milliseconds(), goneEpoch).Scan(&epoch, &txid, &pos.ID)
+	err := s.pool.QueryRow(ctx, s.q.acquire, s.key, s.replica, s.leaseTimeout.Milliseconds(), goneEpoch).Scan(&epoch, &pos.TxID, &pos.ID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return relay.Position{}, err
 	}
 	if err != nil {
 		return relay.Position{}, fmt.Errorf("take lease: %w", err)
-	}
-	if pos.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
-		return relay.Position{}, fmt.Errorf("parse position txid %q: %w", txid, err)
 	}
 	s.epoch.Store(epoch)
 	return pos, nil

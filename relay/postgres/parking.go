@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,7 +53,7 @@ func (s *Store) RecordParked(ctx context.Context, pos relay.Position, park []rel
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, s.q.record, s.key, strconv.FormatUint(pos.TxID, 10), pos.ID, s.epoch.Load())
+		tag, err := tx.Exec(ctx, s.q.record, s.key, pos.TxID, pos.ID, s.epoch.Load())
 		if err != nil {
 			return err
 		}
@@ -63,7 +62,7 @@ func (s *Store) RecordParked(ctx context.Context, pos relay.Position, park []rel
 		}
 		b := &pgx.Batch{}
 		for _, p := range park {
-			b.Queue(s.q.park, s.key, p.Row.ID, strconv.FormatUint(p.Row.TxID, 10), p.Row.AggregateType, p.Row.AggregateID,
+			b.Queue(s.q.park, s.key, p.Row.ID, p.Row.TxID, p.Row.AggregateType, p.Row.AggregateID,
 				p.Attempts, p.Reason, p.Retry.Milliseconds(), p.Dead)
 		}
 		if len(reported) > 0 {

@@ -56,7 +56,7 @@ func newQueries(t Table, lockKeys bool) queries {
 		read: fmt.Sprintf(`
 SELECT %s, octet_length(o.payload), %s
   FROM %s o
- WHERE (o.txid, o.id) > ($1::text::xid8, $2::bigint)
+ WHERE (o.txid, o.id) > ($1::xid8, $2::bigint)
    AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY o.txid, o.id
  LIMIT $3`, lockCol, readColumns, outbox),
@@ -64,16 +64,16 @@ SELECT %s, octet_length(o.payload), %s
 		ensurePosition: fmt.Sprintf(`
 INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`, pos),
 		position: fmt.Sprintf(`
-SELECT txid::text AS txid_text, id FROM %s WHERE outbox_table = $1`, pos),
+SELECT txid, id FROM %s WHERE outbox_table = $1`, pos),
 		record: fmt.Sprintf(`
-UPDATE %s SET txid = $2::text::xid8, id = $3, updated_at = now()
+UPDATE %s SET txid = $2::xid8, id = $3, updated_at = now()
  WHERE outbox_table = $1 AND epoch = $4`, pos),
 		acquire: fmt.Sprintf(`
 UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond',
        state = 'publishing'
  WHERE outbox_table = $1
    AND (holder IS NULL OR lease_until IS NULL OR lease_until < now() OR epoch = $4)
-RETURNING epoch, txid::text AS txid_text, id`, pos),
+RETURNING epoch, txid, id`, pos),
 		leaseHolder: fmt.Sprintf(`
 SELECT coalesce(holder, ''), coalesce(extract(epoch FROM lease_until - now()), 0)::float8, epoch
   FROM %s WHERE outbox_table = $1`, pos),
@@ -88,13 +88,13 @@ UPDATE %s SET lease_until = now() + $4 * interval '1 millisecond', state = $5
 UPDATE %s SET holder = NULL, lease_until = NULL, state = NULL
  WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
 		horizon: fmt.Sprintf(`
-SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
-       coalesce((SELECT txid FROM %s ORDER BY txid DESC LIMIT 1), '0')::text`, outbox),
+SELECT pg_snapshot_xmax(pg_current_snapshot()),
+       coalesce((SELECT txid FROM %s ORDER BY txid DESC LIMIT 1), '0'::xid8)`, outbox),
 		parkedAggs: fmt.Sprintf(`
 SELECT DISTINCT aggregate_type, aggregate_id FROM %s WHERE outbox_table = $1 AND %s`, parked, holding("$2")),
 		park: fmt.Sprintf(`
 INSERT INTO %s (outbox_table, id, txid, aggregate_type, aggregate_id, attempts, last_error, next_attempt_at, dead)
-VALUES ($1, $2, $3::text::xid8, $4, $5, $6, nullif($7, ''), now() + $8 * interval '1 millisecond', $9)
+VALUES ($1, $2, $3::xid8, $4, $5, $6, nullif($7, ''), now() + $8 * interval '1 millisecond', $9)
 ON CONFLICT (outbox_table, id) DO NOTHING`, parked),
 		dueHeads: fmt.Sprintf(`
 SELECT h.attempts, coalesce(g.ids, '{}'), coalesce(g.events, '{}'), octet_length(o.payload), %[1]s
@@ -177,7 +177,7 @@ WITH lease AS MATERIALIZED (
 ), batch AS MATERIALIZED (
   SELECT o.id, o.txid, o.created_at
     FROM %[1]s o
-   WHERE (o.txid, o.id) > ($4::text::xid8, $5::bigint)
+   WHERE (o.txid, o.id) > ($4::xid8, $5::bigint)
      AND (o.txid, o.id) <= ((SELECT txid FROM lease), (SELECT id FROM lease))
    ORDER BY o.txid, o.id
    LIMIT $6
@@ -194,6 +194,6 @@ WITH lease AS MATERIALIZED (
    WHERE outbox_table = $1 AND g.max_id IS NOT NULL
 )
 SELECT (SELECT count(*) FROM gone)::int, (SELECT count(*) FROM batch)::int,
-       l.txid::text AS txid_text, l.id, l.created_at >= now() - $7 * interval '1 millisecond'
+       l.txid, l.id, l.created_at >= now() - $7 * interval '1 millisecond'
   FROM (SELECT txid, id, created_at FROM batch ORDER BY txid DESC, id DESC LIMIT 1) l`, outbox, pos, parked)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -78,12 +77,11 @@ func (a *Admin) PlanReplay(ctx context.Context, sel ReplaySelection) (ReplayPlan
 	q := a.q
 	plan := ReplayPlan{Table: key}
 	err = pgx.BeginTxFunc(ctx, a.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var txid string
 		var prunedUntil *time.Time
-		err := tx.QueryRow(ctx, q.replayBounds, key).Scan(&txid, &plan.Position.ID, &prunedUntil, &plan.PrunedID)
+		err := tx.QueryRow(ctx, q.replayBounds, key).Scan(&plan.Position.TxID, &plan.Position.ID, &prunedUntil, &plan.PrunedID)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			txid = "0" // the relay never ran on this table: nothing is published
+			plan.Position = relay.Position{} // the relay never ran on this table: nothing is published
 		case err != nil:
 			return fmt.Errorf("read position: %w", err)
 		default:
@@ -92,10 +90,7 @@ func (a *Admin) PlanReplay(ctx context.Context, sel ReplaySelection) (ReplayPlan
 				plan.PrunedUntil = *prunedUntil
 			}
 		}
-		if plan.Position.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
-			return fmt.Errorf("parse position txid %q: %w", txid, err)
-		}
-		args := append(append([]any{key}, sel.args()...), txid, plan.Position.ID)
+		args := append(append([]any{key}, sel.args()...), plan.Position.TxID, plan.Position.ID)
 		if err := tx.QueryRow(ctx, q.replayCounts, args...).Scan(&plan.Pending, &plan.Parked, &plan.Dead); err != nil {
 			return fmt.Errorf("count pending and parked rows: %w", err)
 		}
@@ -116,7 +111,7 @@ func (a *Admin) ReplayRows(ctx context.Context, plan ReplayPlan, sel ReplaySelec
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	args := append(append([]any{plan.Table}, sel.args()...),
-		strconv.FormatUint(after.TxID, 10), after.ID, strconv.FormatUint(plan.Position.TxID, 10), plan.Position.ID, limit)
+		after.TxID, after.ID, plan.Position.TxID, plan.Position.ID, limit)
 	rows, err := a.pool.Query(ctx, a.q.replayRows, args...)
 	if err != nil {
 		return nil, err

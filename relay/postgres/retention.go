@@ -225,16 +225,11 @@ func (r *Retention) pruneBatch(ctx context.Context, key string, after relay.Posi
 			strconv.FormatInt(cfg.Timeout.Milliseconds(), 10), strconv.FormatInt(retentionLockTimeout.Milliseconds(), 10)); err != nil {
 			return err
 		}
-		var txid string
-		err := tx.QueryRow(ctx, r.prune, key, s.replica, s.epoch.Load(), strconv.FormatUint(after.TxID, 10), after.ID,
-			cfg.Batch, cfg.Retention.Milliseconds()).Scan(&b.deleted, &b.scanned, &txid, &b.last.ID, &b.young)
+		err := tx.QueryRow(ctx, r.prune, key, s.replica, s.epoch.Load(), after.TxID, after.ID,
+			cfg.Batch, cfg.Retention.Milliseconds()).Scan(&b.deleted, &b.scanned, &b.last.TxID, &b.last.ID, &b.young)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // nothing left to look at, or not the lease holder
 		}
-		if err != nil {
-			return err
-		}
-		b.last.TxID, err = strconv.ParseUint(txid, 10, 64)
 		return err
 	})
 	return b, err

@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/relay"
 )
 
 // Status describes the outbox for `outbox-relay status`.
@@ -44,9 +45,8 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		return Status{}, err
 	}
 	st := Status{Table: key, Position: "none"}
-	var txid string
-	var id int64
-	err = a.pool.QueryRow(ctx, a.q.status, key).Scan(&txid, &id, &st.PositionUpdatedAt, &st.Epoch, &st.Leader, &st.LeaderState,
+	var pos relay.Position
+	err = a.pool.QueryRow(ctx, a.q.status, key).Scan(&pos.TxID, &pos.ID, &st.PositionUpdatedAt, &st.Epoch, &st.Leader, &st.LeaderState,
 		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -58,7 +58,7 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 	case err != nil:
 		return Status{}, fmt.Errorf("read position: %w", err)
 	default:
-		st.Position = txid + "/" + strconv.FormatInt(id, 10)
+		st.Position = pos.String()
 	}
 	if err := a.pool.QueryRow(ctx, a.q.deadCount, key).Scan(&st.Dead, &st.Parked, &st.DeadAggregates); err != nil {
 		return Status{}, fmt.Errorf("count dead rows: %w", err)

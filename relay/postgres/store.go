@@ -2,10 +2,8 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,14 +105,9 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 	if err != nil {
 		return relay.Position{}, err
 	}
-	var nextText, maxText string
-	if err := s.pool.QueryRow(ctx, s.q.horizon).Scan(&nextText, &maxText); err != nil {
+	var next, maxTxid uint64
+	if err := s.pool.QueryRow(ctx, s.q.horizon).Scan(&next, &maxTxid); err != nil {
 		return relay.Position{}, fmt.Errorf("read transaction horizon: %w", err)
-	}
-	next, err1 := strconv.ParseUint(nextText, 10, 64)
-	maxTxid, err2 := strconv.ParseUint(maxText, 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return relay.Position{}, fmt.Errorf("parse transaction horizon: %w", err)
 	}
 	if pos.TxID >= next || maxTxid >= next {
 		return relay.Position{}, fmt.Errorf("%w: next transaction id is %d, but the recorded position is %s and the newest row's txid is %d; "+
@@ -156,14 +149,9 @@ func (s *Store) canCheckLocks(ctx context.Context, lockKeys bool) (bool, error) 
 }
 
 func (s *Store) position(ctx context.Context) (relay.Position, error) {
-	var txid string
 	var pos relay.Position
-	if err := s.pool.QueryRow(ctx, s.q.position, s.key).Scan(&txid, &pos.ID); err != nil {
+	if err := s.pool.QueryRow(ctx, s.q.position, s.key).Scan(&pos.TxID, &pos.ID); err != nil {
 		return relay.Position{}, fmt.Errorf("read position: %w", err)
-	}
-	var err error
-	if pos.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
-		return relay.Position{}, fmt.Errorf("parse position txid %q: %w", txid, err)
 	}
 	return pos, nil
 }
@@ -176,7 +164,7 @@ func (s *Store) position(ctx context.Context) (relay.Position, error) {
 func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, s.q.read, strconv.FormatUint(after.TxID, 10), after.ID, b.Rows, b.MaxPayload)
+	rows, err := s.pool.Query(ctx, s.q.read, after.TxID, after.ID, b.Rows, b.MaxPayload)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +194,7 @@ func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) (
 func (s *Store) Record(ctx context.Context, pos relay.Position) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, s.q.record, s.key, strconv.FormatUint(pos.TxID, 10), pos.ID, s.epoch.Load())
+	tag, err := s.pool.Exec(ctx, s.q.record, s.key, pos.TxID, pos.ID, s.epoch.Load())
 	if err != nil {
 		return err
 	}
