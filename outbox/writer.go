@@ -82,11 +82,8 @@ func Write(ctx context.Context, db Execer, events ...Event) error {
 // is returned wrapped; inside a transaction it aborts the transaction,
 // which the caller must roll back.
 func (w *Writer) Write(ctx context.Context, db Execer, events ...Event) error {
-	if len(events) == 0 {
-		return nil
-	}
-	args, err := w.columns(ctx, events)
-	if err != nil {
+	args, err := w.prepare(ctx, events)
+	if err != nil || args == nil {
 		return err
 	}
 	if tx, ok := db.(*Tx); ok {
@@ -104,11 +101,8 @@ func (w *Writer) Write(ctx context.Context, db Execer, events ...Event) error {
 // WriteSQL is [Writer.Write] for database/sql: db is a *sql.Tx, *sql.Conn or
 // *sql.DB opened with the pgx driver (github.com/jackc/pgx/v5/stdlib).
 func (w *Writer) WriteSQL(ctx context.Context, db SQLExecer, events ...Event) error {
-	if len(events) == 0 {
-		return nil
-	}
-	args, err := w.columns(ctx, events)
-	if err != nil {
+	args, err := w.prepare(ctx, events)
+	if err != nil || args == nil {
 		return err
 	}
 	res, err := db.ExecContext(ctx, w.sql(), args...)
@@ -120,6 +114,15 @@ func (w *Writer) WriteSQL(ctx context.Context, db SQLExecer, events ...Event) er
 		return fmt.Errorf("outbox: insert %d events: rows affected: %w", len(events), err)
 	}
 	return checkCount(n, len(events))
+}
+
+// prepare validates events and returns the insert's arguments: nil, and no
+// error, when there are no events (nothing to insert).
+func (w *Writer) prepare(ctx context.Context, events []Event) ([]any, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	return w.columns(ctx, events)
 }
 
 func (w *Writer) sql() string {

@@ -46,42 +46,27 @@ func hashBytes(k []byte, seed uint64) uint64 {
 	return uint64(b)<<32 | uint64(c)
 }
 
+// mix is lookup3's mix: six rounds, each one folding the next of a, b and
+// c into the one after it.
 func mix(a, b, c uint32) (uint32, uint32, uint32) {
-	a -= c
-	a ^= bits.RotateLeft32(c, 4)
-	c += b
-	b -= a
-	b ^= bits.RotateLeft32(a, 6)
-	a += c
-	c -= b
-	c ^= bits.RotateLeft32(b, 8)
-	b += a
-	a -= c
-	a ^= bits.RotateLeft32(c, 16)
-	c += b
-	b -= a
-	b ^= bits.RotateLeft32(a, 19)
-	a += c
-	c -= b
-	c ^= bits.RotateLeft32(b, 4)
-	b += a
-	return a, b, c
+	v := [3]uint32{a, b, c}
+	for k, r := range [6]int{4, 6, 8, 16, 19, 4} {
+		x, y, z := k%3, (k+1)%3, (k+2)%3
+		v[x] -= v[z]
+		v[x] ^= bits.RotateLeft32(v[z], r)
+		v[z] += v[y]
+	}
+	return v[0], v[1], v[2]
 }
 
+// final is lookup3's final: seven rounds, each one mixing the previous
+// word into the next, starting with b into c.
 func final(a, b, c uint32) (uint32, uint32, uint32) {
-	c ^= b
-	c -= bits.RotateLeft32(b, 14)
-	a ^= c
-	a -= bits.RotateLeft32(c, 11)
-	b ^= a
-	b -= bits.RotateLeft32(a, 25)
-	c ^= b
-	c -= bits.RotateLeft32(b, 16)
-	a ^= c
-	a -= bits.RotateLeft32(c, 4)
-	b ^= a
-	b -= bits.RotateLeft32(a, 14)
-	c ^= b
-	c -= bits.RotateLeft32(b, 24)
-	return a, b, c
+	v := [3]uint32{a, b, c}
+	for k, r := range [7]int{14, 11, 25, 16, 4, 14, 24} {
+		x, y := (k+2)%3, (k+1)%3
+		v[x] ^= v[y]
+		v[x] -= bits.RotateLeft32(v[y], r)
+	}
+	return v[0], v[1], v[2]
 }

@@ -154,58 +154,36 @@ func (e *ConfigError) Error() string { return e.Field + ": " + e.Problem }
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.BatchBytes == 0 {
-		c.BatchBytes = DefaultBatchBytes
-	}
-	if c.MaxPayloadBytes == 0 {
-		c.MaxPayloadBytes = DefaultMaxPayloadBytes
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.MinPoll == 0 {
-		c.MinPoll = min(DefaultMinPoll, c.PollInterval)
-	}
-	if c.Linger == 0 {
-		c.Linger = DefaultLinger
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	if c.LeaseTimeout == 0 {
-		c.LeaseTimeout = DefaultLeaseTimeout
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.ParkRetryMin == 0 {
-		c.ParkRetryMin = DefaultParkRetryMin
-	}
-	if c.ParkRetryMax == 0 {
-		c.ParkRetryMax = max(DefaultParkRetryMax, c.ParkRetryMin)
-	}
-	if c.RetryMin == 0 {
-		c.RetryMin = DefaultRetryMin
-	}
-	if c.RetryMax == 0 {
-		c.RetryMax = max(DefaultRetryMax, c.RetryMin)
-	}
-	if c.DeadRows == "" {
-		c.DeadRows = DeadRowsHold
-	}
-	if c.LockCheck == "" {
-		c.LockCheck = LockCheckWarn
-	}
+	orDefault(&c.BatchSize, DefaultBatchSize)
+	orDefault(&c.BatchBytes, DefaultBatchBytes)
+	orDefault(&c.MaxPayloadBytes, DefaultMaxPayloadBytes)
+	orDefault(&c.PollInterval, DefaultPollInterval)
+	orDefault(&c.MinPoll, min(DefaultMinPoll, c.PollInterval))
+	orDefault(&c.Linger, DefaultLinger)
+	orDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
+	orDefault(&c.LeaseTimeout, DefaultLeaseTimeout)
+	orDefault(&c.MaxAttempts, DefaultMaxAttempts)
+	orDefault(&c.ParkRetryMin, DefaultParkRetryMin)
+	orDefault(&c.ParkRetryMax, max(DefaultParkRetryMax, c.ParkRetryMin))
+	orDefault(&c.RetryMin, DefaultRetryMin)
+	orDefault(&c.RetryMax, max(DefaultRetryMax, c.RetryMin))
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	orDefault(&c.DeadRows, DeadRowsHold)
+	orDefault(&c.LockCheck, LockCheckWarn)
 	return c
+}
+
+// orDefault sets *v to d if it is the zero value.
+func orDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }
 
 // Validate reports the first field whose value cannot work.

@@ -18,6 +18,17 @@ type writes struct {
 	writeCtx context.Context // outlives a stop: confirmed rows are worth recording
 }
 
+// holding returns the rows, and their bytes, of the position writes in
+// progress and queued: they hold their room in the window until written.
+func (w *writes) holding() (rows, bytes int) {
+	for _, pw := range []*posWrite{w.writing, w.queued} {
+		if pw != nil {
+			rows, bytes = rows+pw.rows, bytes+pw.bytes
+		}
+	}
+	return rows, bytes
+}
+
 // posWrite is a position to record, the rows it parks in the same
 // transaction, and what to report once it is written.
 type posWrite struct {

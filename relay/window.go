@@ -61,14 +61,8 @@ func (p *pipeline) room() int {
 		}
 		return 1
 	}
-	n := p.cfg.Window() - p.window.inFlight
-	if p.writes.writing != nil {
-		n -= p.writes.writing.rows
-	}
-	if p.writes.queued != nil {
-		n -= p.writes.queued.rows
-	}
-	return n
+	rows, _ := p.writes.holding()
+	return p.cfg.Window() - p.window.inFlight - rows
 }
 
 // hasRoom reports whether more may be published now: the next row read
@@ -91,14 +85,8 @@ func (p *pipeline) hasRoom() bool {
 // roomBytes is how many more bytes of rows may be published now, as room
 // is for rows.
 func (p *pipeline) roomBytes() int {
-	n := p.cfg.WindowBytes() - p.window.inFlightBytes
-	if p.writes.writing != nil {
-		n -= p.writes.writing.bytes
-	}
-	if p.writes.queued != nil {
-		n -= p.writes.queued.bytes
-	}
-	return n
+	_, bytes := p.writes.holding()
+	return p.cfg.WindowBytes() - p.window.inFlightBytes - bytes
 }
 
 // publishing reports whether a flight that went to the broker is out.

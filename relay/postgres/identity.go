@@ -48,9 +48,9 @@ func defaultName() string {
 // identity is a held name: the connection whose session holds the name's
 // lock, and a channel closed once that session has ended.
 type identity struct {
-	conn *pgx.Conn
-	lost chan struct{}
-	done chan struct{} // the watcher has closed conn
+	conn    *pgx.Conn
+	session context.Context // ends with the session
+	done    chan struct{}   // the watcher has closed conn
 }
 
 // nameLockArgs are the two keys of the name's advisory lock: the two-key
@@ -66,7 +66,7 @@ func (s *Store) nameLockArgs() []any {
 func (s *Store) ensureIdentity(ctx context.Context) error {
 	s.idMu.Lock()
 	defer s.idMu.Unlock()
-	if s.id != nil && !isClosed(s.id.lost) {
+	if s.id != nil && s.id.session.Err() == nil {
 		return nil
 	}
 	if s.id != nil {
@@ -99,13 +99,14 @@ func (s *Store) ensureIdentity(ctx context.Context) error {
 		return fmt.Errorf("%w: another live replica of %s is named %q; this one will not lead while it runs "+
 			"(give each replica its own RELAY_REPLICA_NAME, or leave it unset for a unique one)", relay.ErrNameInUse, s.key, s.replica)
 	}
-	id := &identity{conn: conn, lost: make(chan struct{}), done: make(chan struct{})}
+	session, ended := context.WithCancel(context.Background())
+	id := &identity{conn: conn, session: session, done: make(chan struct{})}
 	s.id = id
 	go func() {
 		// Nothing is ever sent on this session: waiting on it returns
 		// only when the session ends or the store closes.
 		_, _ = conn.WaitForNotification(s.life)
-		close(id.lost)
+		ended()
 		_ = conn.Close(context.Background())
 		close(id.done)
 	}()
@@ -120,7 +121,7 @@ func (s *Store) Lost() <-chan struct{} {
 	if s.id == nil {
 		return closedChan
 	}
-	return s.id.lost
+	return s.id.session.Done()
 }
 
 // closeIdentity ends the identity session, at Close.
@@ -152,12 +153,3 @@ func (s *Store) holderGone(ctx context.Context, holder string) (bool, error) {
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
-func isClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
-	"sync"
 
 	"github.com/outboxrelay/outboxrelay/relay"
 )
@@ -42,7 +41,7 @@ var ErrDoubt = errors.New("relaytest: channel closed before the broker answered"
 // default every message is confirmed at once; Decide, Hold and Block change
 // that. The zero value is not usable; call NewPublisher.
 type Publisher struct {
-	mu sync.Mutex
+	watched
 	// decide answers each message; nil confirms all.
 	decide    func(m *relay.Message) Answer
 	may       func() error // checked at every Publish
@@ -59,13 +58,11 @@ type Publisher struct {
 	closed    map[int]error // channels closed until Reset, and why
 	inFlight  int           // sent and not yet answered
 	most      int           // the most in flight at once
-	changed   chan struct{}
-	problems  []string
 }
 
 // NewPublisher returns a broker that confirms every message.
 func NewPublisher() *Publisher {
-	return &Publisher{confirmed: map[string]int{}, change: make(chan struct{}), changed: make(chan struct{}),
+	return &Publisher{watched: newWatched(), confirmed: map[string]int{}, change: make(chan struct{}),
 		channels: 1, closed: map[int]error{}}
 }
 
@@ -223,15 +220,6 @@ func (p *Publisher) Blocked() (bool, <-chan struct{}) {
 	return p.blocked, p.change
 }
 
-func (p *Publisher) changedLocked() {
-	close(p.changed)
-	p.changed = make(chan struct{})
-}
-
-func (p *Publisher) problemf(format string, args ...any) {
-	p.problems = append(p.problems, fmt.Sprintf(format, args...))
-}
-
 // confirmation is the answer to one Publish call.
 type confirmation struct {
 	msgs    []relay.Message
@@ -294,26 +282,4 @@ func (p *Publisher) InFlight() (now, most int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.inFlight, p.most
-}
-
-// Resets returns how many times the core abandoned what was in flight.
-func (p *Publisher) Resets() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.resets
-}
-
-// Changed returns a channel closed at the publisher's next change: a
-// Publish, an answer, a reset.
-func (p *Publisher) Changed() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.changed
-}
-
-// Problems returns the contract violations seen so far.
-func (p *Publisher) Problems() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.problems)
 }

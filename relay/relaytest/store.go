@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/relay"
@@ -21,20 +20,17 @@ import (
 // they are added, the recorded position, parked rows and the lease. The
 // zero value is not usable; call NewStore.
 type Store struct {
-	mu       sync.Mutex
+	watched
 	rows     []relay.Row // in publishing order
 	pos      relay.Position
-	records  int
 	parked   []*entry // in publishing order
 	leader   bool
 	taken    bool          // another replica took the lease
 	timeout  time.Duration // the lease's length
 	until    time.Time     // when the lease ends unless renewed
 	lost     chan struct{} // closed when the session is lost
-	changed  chan struct{} // closed and replaced at every change
 	fail     map[string]error
 	accepted func(relay.Row) bool
-	problems []string
 }
 
 // entry is a parked row.
@@ -50,7 +46,7 @@ type entry struct {
 
 // NewStore returns an empty outbox.
 func NewStore() *Store {
-	return &Store{lost: make(chan struct{}), changed: make(chan struct{}), fail: map[string]error{}}
+	return &Store{watched: newWatched(), lost: make(chan struct{}), fail: map[string]error{}}
 }
 
 // Add commits rows, in order, each in a transaction of its own after every
@@ -110,38 +106,11 @@ func (s *Store) Accept(accepted func(relay.Row) bool) {
 	s.accepted = accepted
 }
 
-// Problems returns the contract violations seen so far.
-func (s *Store) Problems() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.problems)
-}
-
 // Position returns the recorded position.
 func (s *Store) Position() relay.Position {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.pos
-}
-
-// Records returns how many positions were recorded.
-func (s *Store) Records() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.records
-}
-
-// Changed returns a channel closed at the store's next change: a row added,
-// a position recorded, a row parked or unparked, the lease taken or lost.
-func (s *Store) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
-
-func (s *Store) changedLocked() {
-	close(s.changed)
-	s.changed = make(chan struct{})
 }
 
 // failing returns the failure set for op.
@@ -327,9 +296,4 @@ func (s *Store) record(pos relay.Position) {
 		}
 	}
 	s.pos = pos
-	s.records++
-}
-
-func (s *Store) problemf(format string, args ...any) {
-	s.problems = append(s.problems, fmt.Sprintf(format, args...))
 }
