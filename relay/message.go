@@ -23,6 +23,17 @@ type Message struct {
 	Body        []byte
 }
 
+// message maps row to its message as NewMessage does, and refuses a row
+// whose payload is larger than MaxPayloadBytes (its payload was not
+// loaded).
+func (c Config) message(row *Row) (Message, error) {
+	if row.PayloadSize > c.MaxPayloadBytes {
+		return Message{}, fmt.Errorf("%w: row %d: its payload of %d bytes is larger than the relay's limit of %d (RELAY_MAX_PAYLOAD_BYTES)",
+			ErrInvalid, row.ID, row.PayloadSize, c.MaxPayloadBytes)
+	}
+	return NewMessage(row, c.Exchange)
+}
+
 // ErrBadHeaders reports a row whose headers cannot become AMQP headers.
 var ErrBadHeaders = errors.New("bad headers")
 

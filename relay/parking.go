@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"errors"
 	"time"
 
@@ -18,59 +17,6 @@ import (
 // it is dead. The first message of the aggregate published after a row it
 // went on without names that row's event in the header SkippedHeader.
 
-// ErrRejected marks a failure that is the row's own (the broker returned or
-// refused this message, or it cannot be mapped): retrying other rows is
-// fine, retrying this one is unlikely to help soon.
-var ErrRejected = errors.New("rejected")
-
-// ErrInvalid marks a rejection that no retry can cure: the row can never
-// become a message the broker accepts (headers that cannot be mapped, a
-// field longer than AMQP allows, a header frame larger than the broker's
-// frame size). Such a row is dead at once, with the reason.
-var ErrInvalid = errors.New("cannot be published")
-
-// Aggregate identifies an ordering key.
-type Aggregate struct{ Type, ID string }
-
-// Aggregate returns the row's ordering key.
-func (r *Row) Aggregate() Aggregate { return Aggregate{r.AggregateType, r.AggregateID} }
-
-// Parked is a row to park: Attempts 0 holds it behind an earlier parked row
-// of its aggregate; Attempts 1 records a first failure.
-type Parked struct {
-	Row      Row
-	Attempts int
-	Reason   string
-	Retry    time.Duration // until the next attempt
-	Dead     bool          // no attempts left
-}
-
-// failedOnce parks row after its first failed attempt, for reason: dead at
-// once if reason is ErrInvalid or no attempts are left.
-func (c Config) failedOnce(row Row, reason error) Parked {
-	return Parked{Row: row, Attempts: 1, Reason: reason.Error(), Retry: c.parkBackoff(1),
-		Dead: c.MaxAttempts <= 1 || errors.Is(reason, ErrInvalid)}
-}
-
-// ParkedRow is a parked row as the store returns it, with the rows its
-// aggregate went on without that no message has named yet.
-type ParkedRow struct {
-	Row      Row
-	Attempts int
-	Skipped  []Skipped
-}
-
-// Skipped is a parked row that its aggregate went on without: dropped by an
-// operator, or dead under DeadRowsSkip.
-type Skipped struct {
-	ID      int64  // the row's id
-	EventID string // its event_id, for the SkippedHeader
-}
-
-// SkippedHeader names, on the first message of an aggregate published after
-// rows it went on without, their event ids (comma-separated, in order).
-const SkippedHeader = "outbox_skipped"
-
 // DeadRows is what a dead row does to the later rows of its aggregate.
 type DeadRows string
 
@@ -82,31 +28,6 @@ const (
 	// of the aggregate carries SkippedHeader.
 	DeadRowsSkip DeadRows = "skip"
 )
-
-// Parking is the store's side of parked rows. Every write is fenced by the
-// lease, like Record. A parked row holds its aggregate back unless it was
-// dropped, or is dead and the policy is DeadRowsSkip.
-type Parking interface {
-	// ParkedAggregates lists the aggregates held back by parked rows.
-	ParkedAggregates(ctx context.Context, policy DeadRows) ([]Aggregate, error)
-	// Skipped lists, per aggregate, the rows it went on without that no
-	// message has named yet.
-	Skipped(ctx context.Context, policy DeadRows) (map[Aggregate][]Skipped, error)
-	// RecordParked parks rows, marks the skipped rows named by a published
-	// message (their ids) as reported, and records pos, in one transaction.
-	RecordParked(ctx context.Context, pos Position, park []Parked, reported []int64) error
-	// DueHeads returns the first parked row of each held-back aggregate
-	// whose turn has come (not dead, next attempt due), up to b.Rows, with
-	// payloads bounded by b.MaxPayload as Read's.
-	DueHeads(ctx context.Context, b Batch, policy DeadRows) ([]ParkedRow, error)
-	// Unpark removes a row that was published, marks the skipped rows its
-	// message named as reported, and returns how many rows still hold its
-	// aggregate back.
-	Unpark(ctx context.Context, row Row, policy DeadRows, reported []int64) (remaining int, err error)
-	// Failed records a failed attempt: the row is retried after retry, or
-	// is dead. It returns how many rows still hold its aggregate back.
-	Failed(ctx context.Context, row Row, attempts int, reason string, retry time.Duration, dead bool, policy DeadRows) (remaining int, err error)
-}
 
 // retryEvery is how often the leader looks for parked rows whose turn has
 // come: every second, or every ParkRetryMin if that is shorter (no row is
@@ -147,4 +68,63 @@ func newParking(held []Aggregate, gaps map[Aggregate][]Skipped) parking {
 		k.parked[a] = true
 	}
 	return k
+}
+
+// heldBack reports whether row waits behind a parked row of its aggregate.
+func (p *pipeline) heldBack(row *Row) bool { return p.parking.parked[row.Aggregate()] }
+
+// failed parks row after its attempts-th failed attempt, for reason: dead
+// if no attempts are left or no retry can help (ErrInvalid).
+func (c Config) failed(row Row, attempts int, reason error) Parked {
+	return Parked{Row: row, Attempts: attempts, Reason: reason.Error(), Retry: c.parkBackoff(attempts),
+		Dead: attempts >= c.MaxAttempts || errors.Is(reason, ErrInvalid)}
+}
+
+// countFailure tells the Observer of a row's failed attempt.
+func (p *pipeline) countFailure(reason error) {
+	if errors.Is(reason, ErrInvalid) {
+		p.cfg.Observer.Failed(FailureInvalid)
+	} else {
+		p.cfg.Observer.Failed(FailureRejected)
+	}
+}
+
+// refuse parks row, which the broker refused or which cannot become a
+// message, after its first failed attempt (dead at once if no retry can
+// help), and holds its aggregate's later rows behind it.
+func (p *pipeline) refuse(row Row, reason error) Parked {
+	pk := p.cfg.failed(row, 1, reason)
+	p.countFailure(reason)
+	if pk.Dead {
+		p.died(row, 1, reason)
+	} else {
+		p.log.Warn("row rejected: parked, its aggregate waits behind it, others go on",
+			"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "reason", reason)
+	}
+	if !pk.Dead || p.cfg.DeadRows == DeadRowsHold {
+		p.parking.parked[row.Aggregate()] = true
+	}
+	return pk
+}
+
+// died reports a row that became dead, and under DeadRowsSkip remembers it
+// for the next message of its aggregate to name.
+func (p *pipeline) died(row Row, attempts int, reason error) {
+	if p.cfg.DeadRows == DeadRowsSkip {
+		p.parking.gaps[row.Aggregate()] = append(p.parking.gaps[row.Aggregate()], Skipped{ID: row.ID, EventID: row.EventID})
+		p.cfg.Observer.Skipped(1)
+		p.log.Error("row is dead: its aggregate goes on without it (RELAY_DEAD_ROWS=skip; outbox-relay dead)",
+			"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "attempts", attempts, "reason", reason)
+		return
+	}
+	p.log.Error("row is dead: its aggregate waits until it is retried or dropped (outbox-relay dead)",
+		"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "attempts", attempts, "reason", reason)
+}
+
+// unblock lets row's aggregate flow again once no parked row holds it back.
+func (p *pipeline) unblock(row Row, remaining int) {
+	if remaining == 0 && p.parking.parked[row.Aggregate()] {
+		delete(p.parking.parked, row.Aggregate())
+		p.log.Info("parked aggregate drained", "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID)
+	}
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Store is the outbox as the core sees it.
@@ -116,3 +117,68 @@ var ErrLeaseLost = errors.New("lease lost to another replica")
 // confirmed and recorded: those rows will be published again at the next
 // start.
 var ErrShutdownTimeout = errors.New("shutdown timeout: stopped before every message in flight was confirmed and recorded")
+
+// Parking is the store's side of parked rows. Every write is fenced by the
+// lease, like Record. A parked row holds its aggregate back unless it was
+// dropped, or is dead and the policy is DeadRowsSkip.
+type Parking interface {
+	// ParkedAggregates lists the aggregates held back by parked rows.
+	ParkedAggregates(ctx context.Context, policy DeadRows) ([]Aggregate, error)
+	// Skipped lists, per aggregate, the rows it went on without that no
+	// message has named yet.
+	Skipped(ctx context.Context, policy DeadRows) (map[Aggregate][]Skipped, error)
+	// RecordParked parks rows, marks the skipped rows named by a published
+	// message (their ids) as reported, and records pos, in one transaction.
+	RecordParked(ctx context.Context, pos Position, park []Parked, reported []int64) error
+	// DueHeads returns the first parked row of each held-back aggregate
+	// whose turn has come (not dead, next attempt due), up to b.Rows, with
+	// payloads bounded by b.MaxPayload as Read's.
+	DueHeads(ctx context.Context, b Batch, policy DeadRows) ([]ParkedRow, error)
+	// Unpark removes a row that was published, marks the skipped rows its
+	// message named as reported, and returns how many rows still hold its
+	// aggregate back.
+	Unpark(ctx context.Context, row Row, policy DeadRows, reported []int64) (remaining int, err error)
+	// Failed records a failed attempt: the row is retried after retry, or
+	// is dead. It returns how many rows still hold its aggregate back.
+	Failed(ctx context.Context, row Row, attempts int, reason string, retry time.Duration, dead bool, policy DeadRows) (remaining int, err error)
+}
+
+// Parked is a row to park: Attempts 0 holds it behind an earlier parked row
+// of its aggregate; Attempts 1 records a first failure.
+type Parked struct {
+	Row      Row
+	Attempts int
+	Reason   string
+	Retry    time.Duration // until the next attempt
+	Dead     bool          // no attempts left
+}
+
+// ParkedRow is a parked row as the store returns it, with the rows its
+// aggregate went on without that no message has named yet.
+type ParkedRow struct {
+	Row      Row
+	Attempts int
+	Skipped  []Skipped
+}
+
+// Skipped is a parked row that its aggregate went on without: dropped by an
+// operator, or dead under DeadRowsSkip.
+type Skipped struct {
+	ID      int64  // the row's id
+	EventID string // its event_id, for the SkippedHeader
+}
+
+// SkippedHeader names, on the first message of an aggregate published after
+// rows it went on without, their event ids (comma-separated, in order).
+const SkippedHeader = "outbox_skipped"
+
+// ErrRejected marks a failure that is the row's own (the broker returned or
+// refused this message, or it cannot be mapped): retrying other rows is
+// fine, retrying this one is unlikely to help soon.
+var ErrRejected = errors.New("rejected")
+
+// ErrInvalid marks a rejection that no retry can cure: the row can never
+// become a message the broker accepts (headers that cannot be mapped, a
+// field longer than AMQP allows, a header frame larger than the broker's
+// frame size). Such a row is dead at once, with the reason.
+var ErrInvalid = errors.New("cannot be published")

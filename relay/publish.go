@@ -2,8 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"time"
 )
 
@@ -39,13 +37,10 @@ func (p *pipeline) publish(ctx context.Context) error {
 		case p.window.confirmed[row.Position()]:
 			delete(p.window.confirmed, row.Position())
 			before = true
-		case p.parking.parked[row.Aggregate()]:
+		case p.heldBack(row):
 			park = []Parked{{Row: *row}}
-		case row.PayloadSize > cfg.MaxPayloadBytes:
-			park = []Parked{p.refuse(*row, fmt.Errorf("%w: row %d: its payload of %d bytes is larger than the relay's limit of %d (RELAY_MAX_PAYLOAD_BYTES)",
-				ErrInvalid, row.ID, row.PayloadSize, cfg.MaxPayloadBytes))}
 		default:
-			m, err := NewMessage(row, cfg.Exchange)
+			m, err := cfg.message(row)
 			if err == nil {
 				if ids := p.nameSkipped(&m, nil); ids != nil {
 					names = append(names, naming{i - start, m.Aggregate, ids})
@@ -62,28 +57,6 @@ func (p *pipeline) publish(ctx context.Context) error {
 	}
 	p.push(ctx, rows[start:], msgs, names)
 	return nil
-}
-
-// refuse parks row, which the broker refused or which cannot become a
-// message, after its first failed attempt (dead at once if no retry can
-// help), and holds its aggregate's later rows behind it.
-func (p *pipeline) refuse(row Row, reason error) Parked {
-	pk := p.cfg.failedOnce(row, reason)
-	if errors.Is(reason, ErrInvalid) {
-		p.cfg.Observer.Failed(FailureInvalid)
-	} else {
-		p.cfg.Observer.Failed(FailureRejected)
-	}
-	if pk.Dead {
-		p.died(row, 1, reason)
-	} else {
-		p.log.Warn("row rejected: parked, its aggregate waits behind it, others go on",
-			"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "reason", reason)
-	}
-	if !pk.Dead || p.cfg.DeadRows == DeadRowsHold {
-		p.parking.parked[row.Aggregate()] = true
-	}
-	return pk
 }
 
 // push publishes rows as one flight.

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -45,11 +44,7 @@ func (p *pipeline) retryParked(ctx context.Context) error {
 
 func (p *pipeline) retryOne(ctx context.Context, h ParkedRow) error {
 	row := h.Row
-	m, err := NewMessage(&row, p.cfg.Exchange)
-	if row.PayloadSize > p.cfg.MaxPayloadBytes {
-		err = fmt.Errorf("%w: row %d: its payload of %d bytes is larger than the relay's limit of %d (RELAY_MAX_PAYLOAD_BYTES)",
-			ErrInvalid, row.ID, row.PayloadSize, p.cfg.MaxPayloadBytes)
-	}
+	m, err := p.cfg.message(&row)
 	confirmed := false
 	if err == nil {
 		reported := p.nameSkipped(&m, h.Skipped)
@@ -80,42 +75,15 @@ func (p *pipeline) retryOne(ctx context.Context, h ParkedRow) error {
 	if !confirmed && !errors.Is(err, ErrRejected) && !errors.Is(err, ErrInvalid) {
 		return errorf(ctx, "publish parked row %d: %w", row.ID, err)
 	}
-	if errors.Is(err, ErrInvalid) {
-		p.cfg.Observer.Failed(FailureInvalid)
-	} else {
-		p.cfg.Observer.Failed(FailureRejected)
-	}
-	attempts := h.Attempts + 1
-	dead := attempts >= p.cfg.MaxAttempts || errors.Is(err, ErrInvalid)
-	remaining, ferr := p.store.Failed(ctx, row, attempts, err.Error(), p.cfg.parkBackoff(attempts), dead, p.cfg.DeadRows)
+	p.countFailure(err)
+	pk := p.cfg.failed(row, h.Attempts+1, err)
+	remaining, ferr := p.store.Failed(ctx, row, pk.Attempts, pk.Reason, pk.Retry, pk.Dead, p.cfg.DeadRows)
 	if ferr != nil {
 		return errorf(ctx, "count failed attempt of row %d: %w", row.ID, storeError{ferr})
 	}
-	if dead {
-		p.died(row, attempts, err)
+	if pk.Dead {
+		p.died(row, pk.Attempts, err)
 		p.unblock(row, remaining)
 	}
 	return nil
-}
-
-// died reports a row that became dead, and under DeadRowsSkip remembers it
-// for the next message of its aggregate to name.
-func (p *pipeline) died(row Row, attempts int, reason error) {
-	if p.cfg.DeadRows == DeadRowsSkip {
-		p.parking.gaps[row.Aggregate()] = append(p.parking.gaps[row.Aggregate()], Skipped{ID: row.ID, EventID: row.EventID})
-		p.cfg.Observer.Skipped(1)
-		p.log.Error("row is dead: its aggregate goes on without it (RELAY_DEAD_ROWS=skip; outbox-relay dead)",
-			"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "attempts", attempts, "reason", reason)
-		return
-	}
-	p.log.Error("row is dead: its aggregate waits until it is retried or dropped (outbox-relay dead)",
-		"id", row.ID, "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID, "attempts", attempts, "reason", reason)
-}
-
-// unblock lets row's aggregate flow again once no parked row holds it back.
-func (p *pipeline) unblock(row Row, remaining int) {
-	if remaining == 0 && p.parking.parked[row.Aggregate()] {
-		delete(p.parking.parked, row.Aggregate())
-		p.log.Info("parked aggregate drained", "aggregate_type", row.AggregateType, "aggregate_id", row.AggregateID)
-	}
 }

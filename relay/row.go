@@ -64,3 +64,9 @@ const rowOverhead = 200
 
 // Position returns the row's place in publishing order.
 func (r *Row) Position() Position { return Position{TxID: r.TxID, ID: r.ID} }
+
+// Aggregate identifies an ordering key.
+type Aggregate struct{ Type, ID string }
+
+// Aggregate returns the row's ordering key.
+func (r *Row) Aggregate() Aggregate { return Aggregate{r.AggregateType, r.AggregateID} }
