@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -214,14 +215,24 @@ func fieldError(err error, vars map[string]string) error {
 	return &usageError{err.Error()}
 }
 
+// loadStore reads the environment and builds the store's Config from it,
+// for the commands that need only the database.
+func loadStore() (*env, postgres.Config, error) {
+	e, err := loadEnv()
+	if err != nil {
+		return nil, postgres.Config{}, err
+	}
+	cfg, err := e.storeConfig()
+	if err != nil {
+		return nil, postgres.Config{}, err
+	}
+	return e, cfg, nil
+}
+
 // openAdmin reads the environment and opens the outbox's operator side,
 // for the one-shot commands (status, dead, replay).
 func openAdmin() (*env, *postgres.Admin, error) {
-	e, err := loadEnv()
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg, err := e.storeConfig()
+	e, cfg, err := loadStore()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -230,4 +241,20 @@ func openAdmin() (*env, *postgres.Admin, error) {
 		return nil, nil, fmt.Errorf("open database: %w", err)
 	}
 	return e, admin, nil
+}
+
+// adminTimeout bounds the database work of status and dead.
+const adminTimeout = 30 * time.Second
+
+// withAdmin opens the outbox's operator side, runs fn with it within
+// adminTimeout and closes it.
+func withAdmin(ctx context.Context, fn func(context.Context, *env, *postgres.Admin) error) error {
+	e, admin, err := openAdmin()
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
+	defer cancel()
+	return fn(ctx, e, admin)
 }

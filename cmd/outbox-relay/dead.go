@@ -90,55 +90,55 @@ func deadCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return &usageError{fmt.Sprintf("dead: unknown subcommand %q (list, retry or drop)", sub)}
 	}
 
-	e, admin, err := openAdmin()
-	if err != nil {
-		return err
-	}
-	defer admin.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	// The table as configured and the database without its password: an
-	// operator with several outboxes sees which one was touched.
-	where := fmt.Sprintf("table %s in %s", e.Table, postgres.Describe(e.DatabaseURL))
-
-	if sub == "list" {
-		dead, err := admin.Dead(ctx)
+	return withAdmin(ctx, func(ctx context.Context, e *env, admin *postgres.Admin) error {
+		// The table as configured and the database without its password: an
+		// operator with several outboxes sees which one was touched.
+		where := fmt.Sprintf("table %s in %s", e.Table, postgres.Describe(e.DatabaseURL))
+		if sub == "list" {
+			return deadList(ctx, admin, *asJSON, where, e.DeadRows, stdout)
+		}
+		act, did, level, logMsg := admin.RetryDead, "sent back for publishing", slog.LevelInfo, "dead row sent back for publishing"
+		if sub == "drop" {
+			act, did, level, logMsg = admin.DropDead, "dropped", slog.LevelWarn, "dead row dropped: it will never be published"
+		}
+		if *dryRun {
+			return deadDryRun(ctx, admin, *all, ids, where, did, e.DeadRows, stdout)
+		}
+		done, err := act(ctx, *all, ids)
 		if err != nil {
-			return fmt.Errorf("dead rows of %s: %w", where, err)
+			return fmt.Errorf("%s dead rows of %s: %w", sub, where, err)
 		}
-		if *asJSON {
-			// encoding/json escapes control characters: the writers' text
-			// cannot reach a terminal raw through this.
-			if dead == nil {
-				dead = []postgres.DeadRow{}
-			}
-			return json.NewEncoder(stdout).Encode(dead)
+		log := newLogger(e, stderr)
+		for _, id := range done {
+			log.Log(ctx, level, logMsg, "table", e.Table, "id", id)
 		}
-		if len(dead) == 0 {
-			fmt.Fprintf(stdout, "no dead rows in %s\n", where)
-		}
-		for _, d := range dead {
-			printDead(stdout, d, e.DeadRows)
-		}
-		return nil
-	}
-	act, did, level, logMsg := admin.RetryDead, "sent back for publishing", slog.LevelInfo, "dead row sent back for publishing"
-	if sub == "drop" {
-		act, did, level, logMsg = admin.DropDead, "dropped", slog.LevelWarn, "dead row dropped: it will never be published"
-	}
-	if *dryRun {
-		return deadDryRun(ctx, admin, *all, ids, where, did, e.DeadRows, stdout)
-	}
-	done, err := act(ctx, *all, ids)
+		fmt.Fprintf(stdout, "%s of %s %s: %v\n", deadRows(len(done)), where, did, done)
+		return missing(ids, done, where)
+	})
+}
+
+// deadList prints the dead rows, with their effect under policy
+// (RELAY_DEAD_ROWS), or one JSON array of them.
+func deadList(ctx context.Context, admin *postgres.Admin, asJSON bool, where, policy string, stdout io.Writer) error {
+	dead, err := admin.Dead(ctx)
 	if err != nil {
-		return fmt.Errorf("%s dead rows of %s: %w", sub, where, err)
+		return fmt.Errorf("dead rows of %s: %w", where, err)
 	}
-	log := newLogger(e, stderr)
-	for _, id := range done {
-		log.Log(ctx, level, logMsg, "table", e.Table, "id", id)
+	if asJSON {
+		// encoding/json escapes control characters: the writers' text
+		// cannot reach a terminal raw through this.
+		if dead == nil {
+			dead = []postgres.DeadRow{}
+		}
+		return json.NewEncoder(stdout).Encode(dead)
 	}
-	fmt.Fprintf(stdout, "%s of %s %s: %v\n", deadRows(len(done)), where, did, done)
-	return missing(ids, done, where)
+	if len(dead) == 0 {
+		fmt.Fprintf(stdout, "no dead rows in %s\n", where)
+	}
+	for _, d := range dead {
+		printDead(stdout, d, policy)
+	}
+	return nil
 }
 
 // deadDryRun prints the dead rows (all, or those of ids) that retry or drop

@@ -22,11 +22,7 @@ func migrateCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := parseFlags(flag.NewFlagSet("migrate", flag.ContinueOnError), args, migrateUsage, stderr); err != nil {
 		return err
 	}
-	e, err := loadEnv()
-	if err != nil {
-		return err
-	}
-	cfg, err := e.storeConfig()
+	e, cfg, err := loadStore()
 	if err != nil {
 		return err
 	}

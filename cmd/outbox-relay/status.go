@@ -31,32 +31,34 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := parseFlags(fs, args, statusUsage, stderr); err != nil {
 		return err
 	}
-	e, admin, err := openAdmin()
-	if err != nil {
-		return err
-	}
-	defer admin.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	st, err := admin.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("status of %s: %w", postgres.Describe(e.DatabaseURL), err)
-	}
-	host := e.ReplicaName
-	if host == "" {
-		host, _ = os.Hostname()
-	}
-	rep := statusReport{Status: st, Replica: host}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		return enc.Encode(rep)
-	}
+	return withAdmin(ctx, func(ctx context.Context, e *env, admin *postgres.Admin) error {
+		st, err := admin.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("status of %s: %w", postgres.Describe(e.DatabaseURL), err)
+		}
+		host := e.ReplicaName
+		if host == "" {
+			host, _ = os.Hostname()
+		}
+		rep := statusReport{Status: st, Replica: host}
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			return enc.Encode(rep)
+		}
+		printStatus(stdout, st, e.DeadRows)
+		return nil
+	})
+}
+
+// printStatus prints st in aligned lines, the dead rows' effect on their
+// aggregates under policy (RELAY_DEAD_ROWS).
+func printStatus(stdout io.Writer, st postgres.Status, policy string) {
 	fmt.Fprintf(stdout, "table                 %s\n", st.Table)
 	fmt.Fprintf(stdout, "pending               %d\n", st.Pending)
 	fmt.Fprintf(stdout, "dead                  %d", st.Dead)
 	switch {
 	case st.Dead == 0:
-	case e.DeadRows == string(relay.DeadRowsSkip):
+	case policy == string(relay.DeadRowsSkip):
 		fmt.Fprintf(stdout, " in %d aggregates, which go on without them (RELAY_DEAD_ROWS=skip)", st.DeadAggregates)
 	default:
 		fmt.Fprintf(stdout, " in %d aggregates, whose later rows wait (outbox-relay dead list)", st.DeadAggregates)
@@ -82,5 +84,4 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	} else if x != nil {
 		fmt.Fprintf(stdout, "oldest transaction    pid %d in %q, running %.1fs\n", x.PID, x.Database, x.AgeSeconds)
 	}
-	return nil
 }

@@ -2,8 +2,6 @@ package ledger
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -60,25 +58,15 @@ func (w *Contended) Run(ctx context.Context) error {
 	if w.RoutingKey == "" {
 		w.RoutingKey = "events"
 	}
-	for ctx.Err() == nil {
-		err := w.one(ctx)
-		switch {
-		case err == nil || ctx.Err() != nil:
-		case w.Outages && !errors.Is(err, errUndecided):
-			time.Sleep(20 * time.Millisecond)
-		default:
-			return err
-		}
-	}
-	return nil
+	return writeUntilDone(ctx, w.Outages, w.one)
 }
 
 func (w *Contended) one(ctx context.Context) error {
 	agg := w.Aggregates[rand.N(len(w.Aggregates))]
 	k := 1 + rand.N(3)
-	tx, err := w.Pool.Begin(ctx)
+	tx, err := begin(ctx, w.Pool, w.Ledger, "contended")
 	if err != nil {
-		return fmt.Errorf("contended: begin: %w", err)
+		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	if w.Lock {
@@ -94,52 +82,11 @@ func (w *Contended) one(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, `INSERT INTO ledger_business (aggregate, version) VALUES ($1, $2)`, agg, version); err != nil {
 		return fmt.Errorf("contended: business row: %w", err)
 	}
-	type written struct {
-		id string
-		p  Payload
-	}
-	batch := make([]written, 0, k)
 	for i := range k {
-		p := Payload{Agg: agg, Seq: version - k + i}
-		body, _ := json.Marshal(p)
-		var id string
-		if err := tx.QueryRow(ctx, `
-INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload)
-VALUES ('ledger', $1, 'Contended', $2, $3) RETURNING event_id::text`, agg, w.RoutingKey, body).Scan(&id); err != nil {
-			return fmt.Errorf("contended: insert: %w", err)
-		}
-		batch = append(batch, written{id, p})
-	}
-	if w.Pause > 0 {
-		time.Sleep(time.Duration(rand.N(int64(w.Pause))))
-	}
-	if rand.Float64() < w.Rollback {
-		for range batch {
-			w.Ledger.RolledBack()
-		}
-		return tx.Rollback(ctx)
-	}
-	if err := tx.Commit(context.WithoutCancel(ctx)); err != nil {
-		if !w.Outages {
-			return fmt.Errorf("contended: commit (outcome unknown): %w", err)
-		}
-		ids := make([]string, len(batch))
-		for i, e := range batch {
-			ids[i] = e.id
-		}
-		committed, lerr := lookUp(ctx, w.Pool, "contended", ids)
-		if lerr != nil {
-			return lerr
-		}
-		if !committed {
-			for range batch {
-				w.Ledger.RolledBack()
-			}
-			return nil
+		if err := tx.insert(ctx, "Contended", w.RoutingKey, Payload{Agg: agg, Seq: version - k + i}); err != nil {
+			return err
 		}
 	}
-	for _, e := range batch {
-		w.Ledger.Committed(e.id, e.p)
-	}
-	return nil
+	_, err = tx.finish(ctx, w.Pause, w.Rollback, w.Outages)
+	return err
 }

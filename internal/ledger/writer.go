@@ -2,8 +2,6 @@ package ledger
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -45,31 +43,16 @@ func (w *Writer) Run(ctx context.Context) error {
 		w.PerTx = 1
 	}
 	w.seq = map[string]int{}
-	for ctx.Err() == nil {
-		err := w.one(ctx)
-		switch {
-		case err == nil || ctx.Err() != nil:
-		case w.Outages && !errors.Is(err, errUndecided):
-			time.Sleep(20 * time.Millisecond) // the database is away; try again
-		default:
-			return err
-		}
-	}
-	return nil
+	return writeUntilDone(ctx, w.Outages, w.one)
 }
 
 // one writes one transaction.
 func (w *Writer) one(ctx context.Context) error {
-	tx, err := w.Pool.Begin(ctx)
+	tx, err := begin(ctx, w.Pool, w.Ledger, "writer "+w.Name)
 	if err != nil {
-		return fmt.Errorf("writer %s: begin: %w", w.Name, err)
+		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	type written struct {
-		id string
-		p  Payload
-	}
-	var batch []written
 	aggs := make([]string, w.PerTx)
 	lock := make([]string, 0, 2*w.PerTx)
 	for i := range aggs {
@@ -86,89 +69,16 @@ func (w *Writer) one(ctx context.Context) error {
 		if _, ok := next[agg]; !ok {
 			next[agg] = w.seq[agg]
 		}
-		p := Payload{Agg: agg, Seq: next[agg]}
-		body, _ := json.Marshal(p)
-		var id string
-		if err := tx.QueryRow(ctx, `
-INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload)
-VALUES ('ledger', $1, 'Tested', $2, $3) RETURNING event_id::text`, agg, w.RoutingKey, body).Scan(&id); err != nil {
-			return fmt.Errorf("writer %s: insert: %w", w.Name, err)
+		if err := tx.insert(ctx, "Tested", w.RoutingKey, Payload{Agg: agg, Seq: next[agg]}); err != nil {
+			return err
 		}
 		next[agg]++
-		batch = append(batch, written{id, p})
 	}
-	if w.Pause > 0 {
-		time.Sleep(time.Duration(rand.N(int64(w.Pause))))
-	}
-	if rand.Float64() < w.Rollback {
-		for range batch {
-			w.Ledger.RolledBack()
-		}
-		return tx.Rollback(ctx)
-	}
-	// Commit even if ctx ends now: an interrupted commit has an unknown
-	// outcome, which the ledger cannot record.
-	if err := tx.Commit(context.WithoutCancel(ctx)); err != nil {
-		if !w.Outages {
-			return fmt.Errorf("writer %s: commit (outcome unknown): %w", w.Name, err)
-		}
-		ids := make([]string, len(batch))
-		for i, e := range batch {
-			ids[i] = e.id
-		}
-		committed, lerr := lookUp(ctx, w.Pool, "writer "+w.Name, ids)
-		if lerr != nil {
-			return lerr
-		}
-		if !committed {
-			for range batch {
-				w.Ledger.RolledBack()
-			}
-			return nil
+	committed, err := tx.finish(ctx, w.Pause, w.Rollback, w.Outages)
+	if committed {
+		for agg, n := range next {
+			w.seq[agg] = n
 		}
 	}
-	for _, e := range batch {
-		w.Ledger.Committed(e.id, e.p)
-	}
-	for agg, n := range next {
-		w.seq[agg] = n
-	}
-	return nil
-}
-
-// errUndecided stops even an Outages writer: without a commit's outcome
-// the ledger cannot be trusted.
-var errUndecided = errors.New("commit outcome cannot be decided")
-
-// lookUp decides a commit whose outcome is unknown by looking for its events
-// once the database answers again. One answer is not enough: right after a
-// crash the dying server may still answer, from before the commit record it
-// already wrote became visible. So the answer must hold twice, half a second
-// apart, from the same server incarnation (same postmaster start time).
-func lookUp(ctx context.Context, pool *pgxpool.Pool, who string, ids []string) (bool, error) {
-	ctx = context.WithoutCancel(ctx)
-	deadline := time.Now().Add(2 * time.Minute)
-	type answer struct {
-		n     int
-		start time.Time
-	}
-	var last *answer
-	for {
-		var a answer
-		err := pool.QueryRow(ctx, `SELECT count(*), pg_postmaster_start_time() FROM outbox WHERE event_id::text = ANY($1)`, ids).Scan(&a.n, &a.start)
-		same := err == nil && last != nil && last.n == a.n && last.start.Equal(a.start)
-		switch {
-		case same && a.n == len(ids):
-			return true, nil
-		case same && a.n == 0:
-			return false, nil
-		case err == nil && a.n != 0 && a.n != len(ids):
-			return false, fmt.Errorf("%s: %w: %d of %d events of one transaction exist", who, errUndecided, a.n, len(ids))
-		case err == nil:
-			last = &a
-		case time.Now().After(deadline):
-			return false, fmt.Errorf("%s: %w: %w", who, errUndecided, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	return err
 }

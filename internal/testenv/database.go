@@ -18,19 +18,7 @@ import (
 func Database(t testing.TB) string {
 	t.Helper()
 	dbURL := EmptyDatabase(t)
-
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("testenv: connect to test database: %v", err)
-	}
-	defer conn.Close(ctx)
-	// Exec without arguments uses the simple protocol, which runs the
-	// several statements of the schema in one round trip.
-	if _, err := conn.Exec(ctx, outboxrelay.Schema); err != nil {
-		t.Fatalf("testenv: apply schema: %v", err)
-	}
+	applySchema(t, dbURL)
 	return dbURL
 }
 
@@ -44,22 +32,49 @@ func EmptyDatabase(t testing.TB) string {
 		t.Fatalf("testenv: %s must be a postgres:// URL, got %q", envDatabaseURL, adminURL)
 	}
 	name := randomName("t_")
+	createDatabase(t, adminURL, envDatabaseURL, name)
+	t.Cleanup(func() { dropDatabase(t, adminURL, name) })
+	return withDatabase(u, name)
+}
 
+// createDatabase creates the database name on the server of adminURL,
+// which errors call server.
+func createDatabase(t testing.TB, adminURL, server, name string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
-		t.Fatalf("testenv: connect to %s: %v", envDatabaseURL, err)
+		t.Fatalf("testenv: connect to %s: %v", server, err)
 	}
 	defer admin.Close(ctx)
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("testenv: create database %s: %v", name, err)
 	}
-	t.Cleanup(func() { dropDatabase(t, adminURL, name) })
+}
 
+// withDatabase returns the URL u (a server's) with its database set to name.
+func withDatabase(u *url.URL, name string) string {
 	u.Path = "/" + name
 	u.RawPath = ""
 	return u.String()
+}
+
+// applySchema applies outboxrelay.Schema to the database at dbURL.
+func applySchema(t testing.TB, dbURL string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("testenv: connect to test database: %v", err)
+	}
+	defer conn.Close(ctx)
+	// Exec without arguments uses the simple protocol, which runs the
+	// several statements of the schema in one round trip.
+	if _, err := conn.Exec(ctx, outboxrelay.Schema); err != nil {
+		t.Fatalf("testenv: apply schema: %v", err)
+	}
 }
 
 // dropDatabase drops the database name, forcing its connections closed:

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -21,8 +20,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/outboxrelay/outboxrelay"
 )
 
 // pgReadyTimeout bounds how long NewPostgresServer and Restart wait for the
@@ -63,38 +60,18 @@ type PostgresServer struct {
 // leaves the server running; its directory name starts with "relaytest-pg-".
 func NewPostgresServer(t testing.TB) *PostgresServer {
 	t.Helper()
-	s := &PostgresServer{bindir: pgBindir(t)}
+	s := &PostgresServer{bindir: pgBindir(t), asUser: runAs(t, "PostgreSQL", "postgres")}
 
-	if os.Geteuid() == 0 {
-		runuser, err := exec.LookPath("runuser")
-		if err != nil {
-			t.Fatalf("testenv: running as root, but runuser, needed to run PostgreSQL as user postgres, is not found: %v", err)
-		}
-		s.asUser = []string{runuser, "-u", "postgres", "--"}
-	}
-
-	dir, err := os.MkdirTemp(os.TempDir(), "relaytest-pg-")
-	if err != nil {
-		t.Fatalf("testenv: create PostgreSQL directory: %v", err)
-	}
+	dir := serverDir(t, "PostgreSQL", "relaytest-pg-")
 	s.dir = dir
-	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("testenv: remove PostgreSQL directory: %v", err)
-		}
-	})
 	sock := filepath.Join(dir, "sock")
 	s.data = filepath.Join(dir, "data")
 	s.logfile = filepath.Join(dir, "postgres.log")
 	if err := os.Mkdir(sock, 0o755); err != nil {
 		t.Fatalf("testenv: create PostgreSQL socket directory: %v", err)
 	}
-	// The postgres user must reach the directory (MkdirTemp makes it 0700)
-	// and write to it: initdb creates the data directory in it, pg_ctl the
-	// log file.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatalf("testenv: chmod PostgreSQL directory: %v", err)
-	}
+	// The postgres user must write to the directory: initdb creates the
+	// data directory in it, pg_ctl the log file.
 	if s.asUser != nil {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -142,36 +119,14 @@ func (s *PostgresServer) Database(t testing.TB) string {
 		t.Fatalf("testenv: parse %q: %v", s.URL, err)
 	}
 	name := randomName("t_")
-
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-	defer cancel()
-	admin, err := pgx.Connect(ctx, s.URL)
-	if err != nil {
-		t.Fatalf("testenv: connect to PostgreSQL server of the test: %v", err)
-	}
-	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("testenv: create database %s: %v", name, err)
-	}
+	createDatabase(t, s.URL, "PostgreSQL server of the test", name)
 	t.Cleanup(func() {
 		if !s.stopped.Load() {
 			dropDatabase(t, s.URL, name)
 		}
 	})
-
-	u.Path = "/" + name
-	u.RawPath = ""
-	dbURL := u.String()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("testenv: connect to test database: %v", err)
-	}
-	defer conn.Close(ctx)
-	// Exec without arguments uses the simple protocol, which runs the
-	// several statements of the schema in one round trip.
-	if _, err := conn.Exec(ctx, outboxrelay.Schema); err != nil {
-		t.Fatalf("testenv: apply schema: %v", err)
-	}
+	dbURL := withDatabase(u, name)
+	applySchema(t, dbURL)
 	return dbURL
 }
 
@@ -244,17 +199,8 @@ func (s *PostgresServer) postmasterPID() int {
 func (s *PostgresServer) run(name string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), pgCtlTimeout)
 	defer cancel()
-	argv := append(slices.Clone(s.asUser), filepath.Join(s.bindir, name))
-	argv = append(argv, args...)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Dir = s.dir // the postgres user may not reach our working directory
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	// Do not wait for stray holders of the pipe past the timeout.
-	cmd.WaitDelay = time.Second
-	err := cmd.Run()
-	return out.Bytes(), err
+	argv := append([]string{filepath.Join(s.bindir, name)}, args...)
+	return runCombined(userCommand(ctx, s.asUser, s.dir, argv...))
 }
 
 // waitReady connects to the server until it accepts a connection.
@@ -286,25 +232,15 @@ func (s *PostgresServer) log() string {
 	if err != nil {
 		return fmt.Sprintf("(%v)", err)
 	}
-	const max = 16 << 10
-	if len(b) > max {
-		b = append([]byte("...\n"), b[len(b)-max:]...)
-	}
-	return string(b)
+	return string(logTail(b))
 }
 
 // pgBindir returns the directory of initdb and pg_ctl: that of pg_ctl on
 // PATH, else the newest /usr/lib/postgresql/*/bin.
 func pgBindir(t testing.TB) string {
 	t.Helper()
-	if pgCtl, err := exec.LookPath("pg_ctl"); err == nil {
-		if real, err := filepath.EvalSymlinks(pgCtl); err == nil {
-			pgCtl = real
-		}
-		dir := filepath.Dir(pgCtl)
-		if isExecutable(filepath.Join(dir, "initdb")) {
-			return dir
-		}
+	if dir := bindirOnPath("pg_ctl", "initdb"); dir != "" {
+		return dir
 	}
 	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	version := func(d string) int {

@@ -58,15 +58,12 @@ type RabbitServer struct {
 // name and directory start with "relaytest-".
 func NewRabbitServer(t testing.TB) *RabbitServer {
 	t.Helper()
-	s := &RabbitServer{bindir: rabbitBindir(t), Node: randomName("relaytest-") + "@localhost"}
+	s := &RabbitServer{bindir: rabbitBindir(t), Node: randomName("relaytest-") + "@localhost",
+		asUser: runAs(t, "RabbitMQ", "rabbitmq")}
 
 	home := os.Getenv("HOME")
 	uid, gid := -1, -1
-	if os.Geteuid() == 0 {
-		runuser, err := exec.LookPath("runuser")
-		if err != nil {
-			t.Fatalf("testenv: running as root, but runuser, needed to run RabbitMQ as user rabbitmq, is not found: %v", err)
-		}
+	if s.asUser != nil {
 		u, err := user.Lookup("rabbitmq")
 		if err != nil {
 			t.Fatalf("testenv: running as root, but there is no rabbitmq user to run RabbitMQ as (install rabbitmq-server): %v", err)
@@ -74,23 +71,10 @@ func NewRabbitServer(t testing.TB) *RabbitServer {
 		uid, _ = strconv.Atoi(u.Uid)
 		gid, _ = strconv.Atoi(u.Gid)
 		home = u.HomeDir
-		s.asUser = []string{runuser, "-u", "rabbitmq", "--"}
 	}
 
-	dir, err := os.MkdirTemp(os.TempDir(), "relaytest-rabbit-")
-	if err != nil {
-		t.Fatalf("testenv: create RabbitMQ directory: %v", err)
-	}
+	dir := serverDir(t, "RabbitMQ", "relaytest-rabbit-")
 	s.dir = dir
-	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("testenv: remove RabbitMQ directory: %v", err)
-		}
-	})
-	// The rabbitmq user must reach the directory (MkdirTemp makes it 0700).
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatalf("testenv: chmod RabbitMQ directory: %v", err)
-	}
 	mnesia := filepath.Join(dir, "mnesia")
 	s.logdir = filepath.Join(dir, "log")
 	s.pidfile = filepath.Join(dir, "rabbit.pid")
@@ -188,16 +172,11 @@ func (s *RabbitServer) Ctl(t testing.TB, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), rabbitCtlTimeout)
 	defer cancel()
-	cmd := s.command(ctx, "rabbitmqctl", append([]string{"-n", s.Node}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	// Do not wait for stray holders of the pipe past the timeout.
-	cmd.WaitDelay = time.Second
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("testenv: rabbitmqctl -n %s %s: %v\n%s", s.Node, strings.Join(args, " "), err, out.Bytes())
+	out, err := runCombined(s.command(ctx, "rabbitmqctl", append([]string{"-n", s.Node}, args...)...))
+	if err != nil {
+		t.Fatalf("testenv: rabbitmqctl -n %s %s: %v\n%s", s.Node, strings.Join(args, " "), err, out)
 	}
-	return out.String()
+	return string(out)
 }
 
 // command returns a command running the RabbitMQ script name from s.bindir
@@ -205,9 +184,8 @@ func (s *RabbitServer) Ctl(t testing.TB, args ...string) string {
 func (s *RabbitServer) command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	// The settings go on env's command line, after runuser, which would
 	// reset HOME.
-	argv := slices.Concat(s.asUser, []string{"env"}, s.env, []string{filepath.Join(s.bindir, name)}, args)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Dir = s.dir // the rabbitmq user may not reach our working directory
+	argv := slices.Concat([]string{"env"}, s.env, []string{filepath.Join(s.bindir, name)}, args)
+	cmd := userCommand(ctx, s.asUser, s.dir, argv...)
 	// Leave out inherited settings that could point the scripts elsewhere.
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, "RABBITMQ_") || strings.HasPrefix(kv, "ERL_")
@@ -312,7 +290,6 @@ func (s *RabbitServer) beamPID() int {
 
 // log returns the end of the server's output and of its log files.
 func (s *RabbitServer) log() string {
-	const max = 16 << 10
 	var sb strings.Builder
 	logs, _ := filepath.Glob(filepath.Join(s.logdir, "*.log"))
 	for _, p := range append([]string{s.outfile}, logs...) {
@@ -321,10 +298,7 @@ func (s *RabbitServer) log() string {
 			fmt.Fprintf(&sb, "%s: (%v)\n", p, err)
 			continue
 		}
-		if len(b) > max {
-			b = append([]byte("...\n"), b[len(b)-max:]...)
-		}
-		fmt.Fprintf(&sb, "%s:\n%s\n", p, b)
+		fmt.Fprintf(&sb, "%s:\n%s\n", p, logTail(b))
 	}
 	return sb.String()
 }
@@ -337,14 +311,8 @@ func rabbitBindir(t testing.TB) string {
 	if isExecutable(filepath.Join(debian, "rabbitmq-server")) && isExecutable(filepath.Join(debian, "rabbitmqctl")) {
 		return debian
 	}
-	if server, err := exec.LookPath("rabbitmq-server"); err == nil {
-		if real, err := filepath.EvalSymlinks(server); err == nil {
-			server = real
-		}
-		dir := filepath.Dir(server)
-		if isExecutable(filepath.Join(dir, "rabbitmqctl")) {
-			return dir
-		}
+	if dir := bindirOnPath("rabbitmq-server", "rabbitmqctl"); dir != "" {
+		return dir
 	}
 	t.Fatalf("testenv: rabbitmq-server and rabbitmqctl not found in /usr/lib/rabbitmq/bin or on PATH; install the rabbitmq-server package (\"make test\" does, as root)")
 	return ""
