@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/examples/internal/cli"
 )
 
 // drainTimeout bounds the wait, after the stop signal, for the relay to
@@ -34,7 +36,7 @@ type consumer struct {
 }
 
 // runConsumer consumes until ctx ends, then drains and prints the summary.
-// It returns errCheckFailed when an event was lost, unexpected or out of
+// It returns cli.ErrCheckFailed when an event was lost, unexpected or out of
 // order.
 func runConsumer(ctx context.Context, cfg config, out io.Writer) error {
 	db, err := pgx.Connect(ctx, cfg.DatabaseURL)
@@ -42,14 +44,11 @@ func runConsumer(ctx context.Context, cfg config, out io.Writer) error {
 		return fmt.Errorf("connect to database: %w", err)
 	}
 	defer db.Close(context.Background())
-	ch, closeBroker, err := openChannel(cfg.AMQPURL)
+	ch, closeBroker, err := openTopology(cfg)
 	if err != nil {
 		return err
 	}
 	defer closeBroker()
-	if err := declareTopology(ch, cfg); err != nil {
-		return err
-	}
 	if err := ch.Qos(200, 0, false); err != nil {
 		return fmt.Errorf("set prefetch: %w", err)
 	}
@@ -172,7 +171,7 @@ drain:
 	v := c.t.verdict(committed, rolledBack)
 	v.print(c.out)
 	if !v.ok() {
-		return errCheckFailed
+		return cli.ErrCheckFailed
 	}
 	return nil
 }

@@ -20,18 +20,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
-)
 
-// errCheckFailed is returned by the consumer when events were lost, arrived
-// out of order or should never have been published. It exits with code 1;
-// other errors exit with code 2 so that the script can tell them apart.
-var errCheckFailed = errors.New("check failed")
+	"github.com/outboxrelay/outboxrelay/examples/internal/cli"
+)
 
 // config is what every role needs; each role uses the parts it talks to.
 type config struct {
@@ -51,46 +44,20 @@ const usage = `usage: quickstart setup|service|consumer|teardown [flags]
 flags:
 `
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, errCheckFailed):
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "quickstart:", err)
-		os.Exit(2)
-	}
-}
+func main() { cli.Main("quickstart", run) }
 
+// run parses the command line and runs the role it names. The consumer's
+// error matches cli.ErrCheckFailed when events were lost, arrived out of
+// order or should never have been published.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("quickstart", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
+	fs := cli.NewFlagSet("quickstart", usage, stderr)
 	var cfg config
 	fs.StringVar(&cfg.DatabaseURL, "db", os.Getenv("RELAY_DATABASE_URL"), "PostgreSQL URL (default $RELAY_DATABASE_URL)")
 	fs.StringVar(&cfg.AMQPURL, "amqp", os.Getenv("RELAY_AMQP_URL"), "RabbitMQ URL (default $RELAY_AMQP_URL)")
 	fs.StringVar(&cfg.Exchange, "exchange", "demo.orders", "topic exchange the events are published to")
 	fs.StringVar(&cfg.Queue, "queue", "demo.orders.quickstart", "durable queue the consumer reads")
-	if len(args) == 0 {
-		fs.Usage()
-		return errors.New("missing command")
-	}
-	cmd := args[0]
-	switch cmd {
-	case "-h", "-help", "--help", "help":
-		fs.Usage()
-		return nil
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	cmd, err := cli.Command(fs, args)
+	if cmd == "" {
 		return err
 	}
 	if cfg.DatabaseURL == "" && cmd != "teardown" {
@@ -109,7 +76,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "teardown":
 		return teardown(ctx, cfg, stdout)
 	default:
-		fs.Usage()
-		return fmt.Errorf("unknown command %q", cmd)
+		return cli.Unknown(fs, cmd)
 	}
 }

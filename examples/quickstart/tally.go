@@ -3,7 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
-	"strings"
+
+	"github.com/outboxrelay/outboxrelay/examples/internal/report"
 )
 
 // tally counts what the consumer received and checks it as it arrives:
@@ -88,30 +89,21 @@ func (v verdict) ok() bool {
 
 // print writes the summary table, then a few examples of each problem.
 func (v verdict) print(w io.Writer) {
-	line := func(name string, n int, meaning string) { fmt.Fprintf(w, "  %-17s %6d  %s\n", name, n, meaning) }
+	t := report.Table{W: w, NameWidth: 17}
 	fmt.Fprintln(w, "==================== summary ====================")
-	line("committed", v.committed, "events in the outbox table (transactions that committed)")
-	line("rolled back", v.rolledBack, fmt.Sprintf("events written then rolled back; %d of them delivered", v.rolledBackDelivered))
-	line("delivered", v.delivered, "distinct message_ids received")
-	line("duplicates", v.duplicates, "extra deliveries of a message_id (only after a relay crash)")
-	line("lost", len(v.lost), "committed but never delivered")
-	line("unexpected", len(v.unexpected), "delivered but never committed")
-	line("order violations", len(v.violations), "an order's events delivered out of sequence")
+	t.Line("committed", v.committed, "events in the outbox table (transactions that committed)")
+	t.Line("rolled back", v.rolledBack, "events written then rolled back; %d of them delivered", v.rolledBackDelivered)
+	t.Line("delivered", v.delivered, "distinct message_ids received")
+	t.Line("duplicates", v.duplicates, "extra deliveries of a message_id (only after a relay crash)")
+	t.Line("lost", len(v.lost), "committed but never delivered")
+	t.Line("unexpected", len(v.unexpected), "delivered but never committed")
+	t.Line("order violations", len(v.violations), "an order's events delivered out of sequence")
 	if v.malformed > 0 {
-		line("malformed", v.malformed, "bodies that were not an order event")
+		t.Line("malformed", v.malformed, "bodies that were not an order event")
 	}
-	examples := func(what string, items []string) {
-		if len(items) == 0 {
-			return
-		}
-		if len(items) > 5 {
-			items = append(items[:5:5], fmt.Sprintf("... and %d more", len(items)-5))
-		}
-		fmt.Fprintf(w, "  %s:\n    %s\n", what, strings.Join(items, "\n    "))
-	}
-	examples("lost event_ids", v.lost)
-	examples("unexpected message_ids", v.unexpected)
-	examples("order violations", v.violations)
+	t.Examples("lost event_ids", v.lost)
+	t.Examples("unexpected message_ids", v.unexpected)
+	t.Examples("order violations", v.violations)
 	if v.ok() {
 		fmt.Fprintln(w, "  RESULT: OK - every committed event delivered, in order; no rolled-back event published")
 	} else {

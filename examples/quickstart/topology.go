@@ -7,28 +7,10 @@ import (
 	"io"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/examples/internal/broker"
 )
-
-// schemaSQL creates the sample service's own tables. The outbox table itself
-// comes from `outbox-relay migrate` (or schema.sql), not from here.
-const schemaSQL = `
-CREATE TABLE IF NOT EXISTS orders (
-    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    status      text        NOT NULL,
-    seq         int         NOT NULL,
-    total_cents bigint      NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now()
-);
-COMMENT ON COLUMN orders.seq IS 'Events committed for this order so far; each event carries its own number.';
-
-CREATE TABLE IF NOT EXISTS demo_rolled_back (
-    event_id    uuid        PRIMARY KEY,
-    recorded_at timestamptz NOT NULL DEFAULT now()
-);
-COMMENT ON TABLE demo_rolled_back IS 'Demo bookkeeping, written after a deliberate rollback: events that must never be delivered.';
-`
 
 // setup creates the tables and the broker objects before anything writes or
 // publishes: the relay publishes with mandatory set, so an event for an
@@ -36,55 +18,47 @@ COMMENT ON TABLE demo_rolled_back IS 'Demo bookkeeping, written after a delibera
 func setup(ctx context.Context, cfg config, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("connect to database: %w", err)
+	if err := createTables(ctx, cfg.DatabaseURL); err != nil {
+		return err
 	}
-	defer conn.Close(context.Background())
-	var outbox *string
-	if err := conn.QueryRow(ctx, `SELECT to_regclass('outbox')::text`).Scan(&outbox); err != nil {
-		return fmt.Errorf("look for the outbox table: %w", err)
-	}
-	if outbox == nil {
-		return errors.New("no outbox table: run `outbox-relay migrate` first")
-	}
-	if _, err := conn.Exec(ctx, schemaSQL); err != nil {
-		return fmt.Errorf("create tables: %w", err)
-	}
-
-	ch, closeBroker, err := openChannel(cfg.AMQPURL)
+	_, closeBroker, err := openTopology(cfg)
 	if err != nil {
 		return err
 	}
 	defer closeBroker()
-	if err := declareTopology(ch, cfg); err != nil {
-		return err
-	}
 	fmt.Fprintf(out, "setup: tables orders, demo_rolled_back; exchange %s (topic), queue %s bound with orders.#\n",
 		cfg.Exchange, cfg.Queue)
 	return nil
 }
 
-// declareTopology declares the exchange, the queue and its binding. Every
-// declaration is idempotent, so the consumer repeats it on start, as real
-// consumers do.
-func declareTopology(ch *amqp.Channel, cfg config) error {
-	if err := ch.ExchangeDeclare(cfg.Exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", cfg.Exchange, err)
+// connectionName is what the broker's management UI shows for every
+// connection of the quickstart.
+const connectionName = "outbox quickstart"
+
+// openTopology connects to the broker, opens a channel and declares the
+// exchange, the queue and its binding on it. Every declaration is
+// idempotent, so the consumer repeats them on start, as real consumers do.
+// The returned function closes the channel and the connection.
+func openTopology(cfg config) (*amqp.Channel, func(), error) {
+	ch, closeBroker, err := broker.Channel(cfg.AMQPURL, connectionName)
+	if err != nil {
+		return nil, nil, err
 	}
-	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare queue %s: %w", cfg.Queue, err)
+	if err := broker.DeclareExchange(ch, cfg.Exchange, amqp.ExchangeTopic); err != nil {
+		closeBroker()
+		return nil, nil, err
 	}
-	if err := ch.QueueBind(cfg.Queue, "orders.#", cfg.Exchange, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s: %w", cfg.Queue, err)
+	if err := broker.DeclareQueue(ch, cfg.Queue, nil, cfg.Exchange, "orders.#"); err != nil {
+		closeBroker()
+		return nil, nil, err
 	}
-	return nil
+	return ch, closeBroker, nil
 }
 
 // teardown deletes the queue, then the exchange unless something else is
 // still bound to it: on a shared broker the exchange may have other users.
 func teardown(_ context.Context, cfg config, out io.Writer) error {
-	ch, closeBroker, err := openChannel(cfg.AMQPURL)
+	ch, closeBroker, err := broker.Channel(cfg.AMQPURL, connectionName)
 	if err != nil {
 		return err
 	}
@@ -104,22 +78,4 @@ func teardown(_ context.Context, cfg config, out io.Writer) error {
 		return fmt.Errorf("delete exchange %s: %w", cfg.Exchange, err)
 	}
 	return nil
-}
-
-// openChannel connects to the broker and opens one channel; the returned
-// function closes both.
-func openChannel(url string) (*amqp.Channel, func(), error) {
-	conn, err := amqp.DialConfig(url, amqp.Config{
-		Dial:       amqp.DefaultDial(10 * time.Second),
-		Properties: amqp.Table{"connection_name": "outbox quickstart"},
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to broker: %w", err)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		conn.Close()
-		return nil, nil, fmt.Errorf("open channel: %w", err)
-	}
-	return ch, func() { conn.Close() }, nil
 }

@@ -2,11 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,42 +16,62 @@ import (
 )
 
 // consumer feeds one queue to one inbox and counts the outcomes: messages
-// processed (the handler's transaction committed) and duplicates absorbed
-// (the inbox had processed the message before, so the handler did not run).
+// processed (the handler ran and succeeded, so the inbox commits its
+// transaction) and duplicates absorbed (the inbox had processed the message
+// before, so the handler did not run).
 type consumer struct {
 	name  string // the inbox's consumer name: keep it stable
 	queue string
 	in    *inbox.Inbox
-	log   *slog.Logger
 
-	// ran is set by the handler of the delivery being handled. Handle
-	// returning nil with ran unset means the inbox acked a duplicate. One
-	// goroutine handles one delivery at a time, so a plain flag does.
-	ran bool
-
+	// processed counts the handler's successes, whose transaction the
+	// inbox commits next. Only a commit that fails after a success (the
+	// database lost, or ctx ending at that moment) would count a message
+	// that is then processed again when the broker redelivers it; the demo
+	// does not fail its databases.
 	processed, duplicates atomic.Int64
 }
 
 func newConsumer(db *pgxpool.Pool, name, queue string, handler inbox.Handler, log *slog.Logger) (*consumer, error) {
-	c := &consumer{name: name, queue: queue, log: log.With("consumer", name)}
+	c := &consumer{name: name, queue: queue}
 	in, err := inbox.New(db, inbox.Config{
 		Consumer: name,
 		Handler: func(ctx context.Context, tx pgx.Tx, msg inbox.Message) error {
-			err := handler(ctx, tx, msg)
-			c.ran = err == nil
-			return err
+			if err := handler(ctx, tx, msg); err != nil {
+				return err
+			}
+			c.processed.Add(1)
+			return nil
 		},
+		OnDuplicate: func(string) { c.duplicates.Add(1) },
 		// The handlers write events of the order the message is about:
 		// lock it first, so they are published in commit order.
 		Locks:       messageAggregate,
 		MaxAttempts: 5,
-		Logger:      c.log,
+		// A failed handler is requeued, or rejected to the dead-letter
+		// queue after MaxAttempts; Consume logs it here, and the check at
+		// the end reports it.
+		Logger: log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	c.in = in
 	return c, nil
+}
+
+// typed makes a handler of one payload type an inbox handler: it decodes
+// the message's JSON body into T and passes it on with the message's type.
+// A body that does not decode fails the attempt, like any handler error:
+// after MaxAttempts the message goes to the dead-letter queue.
+func typed[T any](handle func(ctx context.Context, tx pgx.Tx, eventType string, payload T) error) inbox.Handler {
+	return func(ctx context.Context, tx pgx.Tx, msg inbox.Message) error {
+		var payload T
+		if err := json.Unmarshal(msg.Body, &payload); err != nil {
+			return fmt.Errorf("decode %s: %w", msg.Type, err)
+		}
+		return handle(ctx, tx, msg.Type, payload)
+	}
 }
 
 // messageAggregate is the aggregate a message is about, from the headers
@@ -66,9 +85,8 @@ func messageAggregate(msg inbox.Message) []outbox.Aggregate {
 	return []outbox.Aggregate{{Type: typ, ID: id}}
 }
 
-// run consumes the queue on its own channel of conn until ctx ends. It
-// calls Handle per delivery, rather than inbox's Consume loop, to learn
-// which deliveries were duplicates.
+// run consumes the queue on its own channel of conn with the inbox's
+// Consume loop until ctx ends.
 func (c *consumer) run(ctx context.Context, conn *amqp.Connection) error {
 	ch, err := conn.Channel()
 	if err != nil {
@@ -82,36 +100,8 @@ func (c *consumer) run(ctx context.Context, conn *amqp.Connection) error {
 	if err != nil {
 		return fmt.Errorf("%s: consume %s: %w", c.name, c.queue, err)
 	}
-	for {
-		var d amqp.Delivery
-		var ok bool
-		select {
-		case <-ctx.Done():
-			return nil
-		case d, ok = <-deliveries:
-			if !ok {
-				return fmt.Errorf("%s: the broker closed the channel", c.name)
-			}
-		}
-		c.ran = false
-		err := c.in.Handle(ctx, d)
-		switch {
-		case err == nil && c.ran:
-			c.processed.Add(1)
-		case err == nil:
-			c.duplicates.Add(1)
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, inbox.ErrDatabase):
-			c.log.Warn("database failed; message requeued", "message_id", d.MessageId, "err", err)
-			select { // let the database recover before the next delivery
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		default:
-			// A failed handler: requeued, or rejected to the dead-letter
-			// queue after MaxAttempts. The check at the end reports it.
-			c.log.Error("message not processed", "message_id", d.MessageId, "type", d.Type, "err", err)
-		}
+	if err := c.in.Consume(ctx, deliveries); err != nil {
+		return fmt.Errorf("%s: %w", c.name, err) // the broker closed the channel
 	}
+	return nil
 }

@@ -36,14 +36,7 @@ func newDriver(orders *ordersService, rate int) *driver {
 // run sends rate commands per second until ctx ends. A command refused by a
 // business rule was rolled back and is counted; any other error stops it.
 func (d *driver) run(ctx context.Context) error {
-	t := time.NewTicker(time.Second / time.Duration(d.rate))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return every(ctx, time.Second/time.Duration(d.rate), func() error {
 		// A command that has started finishes: cancelling its COMMIT
 		// would leave the outcome unknown.
 		err := d.step(context.WithoutCancel(ctx))
@@ -55,7 +48,8 @@ func (d *driver) run(ctx context.Context) error {
 		default:
 			return err
 		}
-	}
+		return nil
+	})
 }
 
 // step sends one command: open an order, add an item, place or cancel one.

@@ -1,8 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"maps"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // The events are the contract between the services: the only thing they
@@ -35,6 +41,24 @@ var routingKeys = map[string]string{
 	OrderCancelled: "order.cancelled",
 	StockReserved:  "stock.reserved",
 	StockShort:     "stock.short",
+}
+
+// writeEvent writes an event about order orderID to the outbox on tx, with
+// payload as its JSON body and the routing key of its type. Every event of
+// the contract is about an order, and so is ordered per order. Its exchange
+// is left empty: the relay of tx's database sends it to its RELAY_EXCHANGE.
+func writeEvent(ctx context.Context, tx pgx.Tx, eventType string, orderID int64, payload any) error {
+	body, err := outbox.JSON(payload)
+	if err != nil {
+		return err
+	}
+	return outbox.Write(ctx, tx, outbox.Event{
+		AggregateType: "order",
+		AggregateID:   strconv.FormatInt(orderID, 10),
+		EventType:     eventType,
+		RoutingKey:    routingKeys[eventType],
+		Payload:       body,
+	})
 }
 
 // orderEvent is the payload of every order event. Version numbers an

@@ -2,16 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/outboxrelay/outboxrelay/inbox"
-	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
 // inventoryService owns the inventory database: stock, reservations, a
@@ -44,12 +39,8 @@ WHERE order_id = $1 AND version = $2 - 1`
 // once per order event, on the transaction that records the event as
 // processed: the read model, the reservation and the reply commit together
 // with that record, or not at all.
-func (s *inventoryService) HandleOrderEvent(ctx context.Context, tx pgx.Tx, msg inbox.Message) error {
-	var ev orderEvent
-	if err := json.Unmarshal(msg.Body, &ev); err != nil {
-		return fmt.Errorf("decode %s: %w", msg.Type, err)
-	}
-	switch msg.Type {
+func (s *inventoryService) HandleOrderEvent(ctx context.Context, tx pgx.Tx, eventType string, ev orderEvent) error {
+	switch eventType {
 	case OrderCreated:
 		_, err := tx.Exec(ctx, `INSERT INTO order_view (order_id, status, version) VALUES ($1, 'open', $2)`, ev.OrderID, ev.Version)
 		return err
@@ -124,17 +115,7 @@ func reserve(ctx context.Context, tx pgx.Tx, ev orderEvent) error {
 // writeReply writes a reply to inventory's outbox on tx: the same outbox
 // library, the same pattern, another database and another relay.
 func writeReply(ctx context.Context, tx pgx.Tx, eventType string, reply stockReply) error {
-	payload, err := outbox.JSON(reply)
-	if err != nil {
-		return err
-	}
-	return outbox.Write(ctx, tx, outbox.Event{
-		AggregateType: "order",
-		AggregateID:   strconv.FormatInt(reply.OrderID, 10),
-		EventType:     eventType,
-		RoutingKey:    routingKeys[eventType],
-		Payload:       payload,
-	})
+	return writeEvent(ctx, tx, eventType, reply.OrderID, reply)
 }
 
 // restock delivers stock every restockEvery until ctx ends. Each product is
@@ -145,14 +126,7 @@ func (s *inventoryService) restock(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	t := time.NewTicker(restockEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return every(ctx, restockEvery, func() error {
 		for _, sku := range skus {
 			_, err := s.db.Exec(ctx, `UPDATE stock SET on_hand = on_hand + $2 WHERE sku = $1 AND on_hand - reserved < $3`,
 				sku, restockUnits, restockBelow)
@@ -160,7 +134,8 @@ func (s *inventoryService) restock(ctx context.Context) error {
 				return fmt.Errorf("restock %s: %w", sku, err)
 			}
 		}
-	}
+		return nil
+	})
 }
 
 func (s *inventoryService) skus(ctx context.Context) ([]string, error) {

@@ -22,19 +22,14 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
-)
 
-// errCheckFailed makes run exit with status 1: the system ran, and the
-// views disagree. Other errors exit with 2.
-var errCheckFailed = errors.New("the consistency check failed")
+	"github.com/outboxrelay/outboxrelay/examples/internal/broker"
+	"github.com/outboxrelay/outboxrelay/examples/internal/cli"
+)
 
 const usage = `usage: shop setup|run|teardown [flags]
 
@@ -46,27 +41,26 @@ const usage = `usage: shop setup|run|teardown [flags]
 flags:
 `
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, errCheckFailed):
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "shop:", err)
-		os.Exit(2)
-	}
+// config is what the shop needs; main fills it from flags, the test
+// directly.
+type config struct {
+	OrdersDB    string        // the orders service's database
+	InventoryDB string        // the inventory service's database
+	AMQPURL     string        // the broker both relays publish to
+	Prefix      string        // of every broker name (see topology)
+	Rate        int           // commands per second from the customers
+	Settle      time.Duration // longest wait, after the customers stop, for the saga to finish
+	Out         io.Writer     // what each command did: progress and the summary for run
+	Log         *slog.Logger  // what the inboxes report
 }
 
+func main() { cli.Main("shop", run) }
+
+// run parses the command line and runs the command it names. It returns an
+// error matching cli.ErrCheckFailed when the system ran and its views
+// disagree.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("shop", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
+	fs := cli.NewFlagSet("shop", usage, stderr)
 	cfg := config{Out: stdout, Log: slog.New(slog.NewTextHandler(stderr, nil))}
 	fs.StringVar(&cfg.OrdersDB, "orders-db", "", "the orders service's PostgreSQL URL")
 	fs.StringVar(&cfg.InventoryDB, "inventory-db", "", "the inventory service's PostgreSQL URL")
@@ -74,20 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Prefix, "prefix", "shop", "prefix of the exchange and queue names")
 	fs.IntVar(&cfg.Rate, "rate", 50, "commands per second from the customers")
 	fs.DurationVar(&cfg.Settle, "settle", time.Minute, "longest wait after the customers stop")
-	if len(args) == 0 {
-		fs.Usage()
-		return errors.New("missing command")
-	}
-	cmd := args[0]
-	switch cmd {
-	case "-h", "-help", "--help", "help":
-		fs.Usage()
-		return nil
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	cmd, err := cli.Command(fs, args)
+	if cmd == "" {
 		return err
 	}
 	if cfg.AMQPURL == "" || (cmd != "teardown" && (cfg.OrdersDB == "" || cfg.InventoryDB == "")) {
@@ -98,19 +80,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd {
 	case "setup":
-		return setup(ctx, cfg, stdout)
+		return setup(ctx, cfg)
 	case "run":
-		return runShop(ctx, cfg, stdout)
+		return runShop(ctx, cfg)
 	case "teardown":
-		return teardown(cfg, stdout)
+		return teardown(cfg)
 	default:
-		fs.Usage()
-		return fmt.Errorf("unknown command %q", cmd)
+		return cli.Unknown(fs, cmd)
 	}
 }
 
 // setup creates the tables, the opening stock and the broker objects.
-func setup(ctx context.Context, cfg config, out io.Writer) error {
+func setup(ctx context.Context, cfg config) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := createTables(ctx, cfg.OrdersDB, ordersSchema); err != nil {
@@ -119,59 +100,50 @@ func setup(ctx context.Context, cfg config, out io.Writer) error {
 	if err := createTables(ctx, cfg.InventoryDB, inventorySchema); err != nil {
 		return fmt.Errorf("inventory database: %w", err)
 	}
-	conn, err := dial(cfg.AMQPURL, "shop setup")
+	ch, closeBroker, err := broker.Channel(cfg.AMQPURL, "shop setup")
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("open channel: %w", err)
-	}
+	defer closeBroker()
 	t := newTopology(cfg.Prefix)
 	if err := t.declare(ch); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "setup   : tables orders, order_items | stock, reservations, order_view; exchanges %s, %s; queues with dead-letter exchange %s\n",
+	fmt.Fprintf(cfg.Out, "setup   : tables orders, order_items | stock, reservations, order_view; exchanges %s, %s; queues with dead-letter exchange %s\n",
 		t.OrdersExchange, t.InventoryExchange, t.DeadLetters)
 	return nil
 }
 
 // runShop runs the shop until ctx ends and prints the summary.
-func runShop(ctx context.Context, cfg config, out io.Writer) error {
+func runShop(ctx context.Context, cfg config) error {
 	s, err := open(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	fmt.Fprintf(out, "shop    : customers send %d commands/s; inventory restocks %d units of a product every %s when fewer than %d are free\n",
+	fmt.Fprintf(cfg.Out, "shop    : customers send %d commands/s; inventory restocks %d units of a product every %s when fewer than %d are free\n",
 		cfg.Rate, restockUnits, restockEvery, restockBelow)
 	sum, err := s.Run(ctx)
 	if err != nil {
 		return err
 	}
-	sum.print(out)
+	sum.print(cfg.Out)
 	if !sum.OK() {
-		return errCheckFailed
+		return cli.ErrCheckFailed
 	}
 	return nil
 }
 
 // teardown deletes the broker objects; the databases are the caller's.
-func teardown(cfg config, out io.Writer) error {
-	conn, err := dial(cfg.AMQPURL, "shop teardown")
+func teardown(cfg config) error {
+	ch, closeBroker, err := broker.Channel(cfg.AMQPURL, "shop teardown")
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("open channel: %w", err)
-	}
-	t := newTopology(cfg.Prefix)
-	if err := t.delete(ch); err != nil {
+	defer closeBroker()
+	if err := newTopology(cfg.Prefix).delete(ch); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "teardown: deleted the %s.* queues and exchanges\n", cfg.Prefix)
+	fmt.Fprintf(cfg.Out, "teardown: deleted the %s.* queues and exchanges\n", cfg.Prefix)
 	return nil
 }

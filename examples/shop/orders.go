@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -11,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/outboxrelay/outboxrelay/inbox"
 	"github.com/outboxrelay/outboxrelay/outbox"
 )
 
@@ -153,12 +151,8 @@ func (s *ordersService) Cancel(ctx context.Context, id int64) error {
 // Its consumer takes the order's ordering lock before the inbox's own
 // first write (inbox.Config.Locks, in newConsumer), so a command on the
 // same order cannot get its events out of order with this one's.
-func (s *ordersService) HandleStockReply(ctx context.Context, tx pgx.Tx, msg inbox.Message) error {
-	var reply stockReply
-	if err := json.Unmarshal(msg.Body, &reply); err != nil {
-		return fmt.Errorf("decode %s: %w", msg.Type, err)
-	}
-	switch msg.Type {
+func (s *ordersService) HandleStockReply(ctx context.Context, tx pgx.Tx, replyType string, reply stockReply) error {
+	switch replyType {
 	case StockReserved:
 		version, err := advance(ctx, tx, reply.OrderID, statusPlaced, statusConfirmed, "")
 		if err != nil {
@@ -204,18 +198,7 @@ func unitsOf(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 	return units, nil
 }
 
-// writeOrderEvent writes an order event to the outbox on tx. Its exchange
-// is left empty: the orders relay sends it to its RELAY_EXCHANGE.
+// writeOrderEvent writes an order event to the outbox on tx.
 func writeOrderEvent(ctx context.Context, tx pgx.Tx, eventType string, ev orderEvent) error {
-	payload, err := outbox.JSON(ev)
-	if err != nil {
-		return err
-	}
-	return outbox.Write(ctx, tx, outbox.Event{
-		AggregateType: "order",
-		AggregateID:   strconv.FormatInt(ev.OrderID, 10),
-		EventType:     eventType,
-		RoutingKey:    routingKeys[eventType],
-		Payload:       payload,
-	})
+	return writeEvent(ctx, tx, eventType, ev.OrderID, ev)
 }

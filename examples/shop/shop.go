@@ -4,27 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
-)
 
-// config is what the shop needs; main fills it from flags, the test
-// directly.
-type config struct {
-	OrdersDB    string        // the orders service's database
-	InventoryDB string        // the inventory service's database
-	AMQPURL     string        // the broker both relays publish to
-	Prefix      string        // of every broker name (see topology)
-	Rate        int           // commands per second from the customers
-	Settle      time.Duration // longest wait, after the customers stop, for the saga to finish
-	Out         io.Writer     // progress and the summary
-	Log         *slog.Logger  // what the inboxes report
-}
+	"github.com/outboxrelay/outboxrelay/examples/internal/broker"
+)
 
 // Inbox consumer names. The inbox deduplicates per name: never rename one.
 const (
@@ -63,22 +50,22 @@ func open(ctx context.Context, cfg config) (_ *shop, err error) {
 	if s.inventoryDB, err = pgxpool.New(ctx, cfg.InventoryDB); err != nil {
 		return nil, fmt.Errorf("inventory database: %w", err)
 	}
-	if s.ordersConn, err = dial(cfg.AMQPURL, "shop orders"); err != nil {
+	if s.ordersConn, err = broker.Dial(cfg.AMQPURL, "shop orders"); err != nil {
 		return nil, err
 	}
-	if s.inventoryConn, err = dial(cfg.AMQPURL, "shop inventory"); err != nil {
+	if s.inventoryConn, err = broker.Dial(cfg.AMQPURL, "shop inventory"); err != nil {
 		return nil, err
 	}
-	if s.auditConn, err = dial(cfg.AMQPURL, "shop audit"); err != nil {
+	if s.auditConn, err = broker.Dial(cfg.AMQPURL, "shop audit"); err != nil {
 		return nil, err
 	}
 	orders := &ordersService{db: s.ordersDB}
 	s.inventory = &inventoryService{db: s.inventoryDB}
 	s.customers = newDriver(orders, cfg.Rate)
-	if s.ordersInbox, err = newConsumer(s.ordersDB, ordersConsumer, s.topo.RepliesQueue, orders.HandleStockReply, cfg.Log); err != nil {
+	if s.ordersInbox, err = newConsumer(s.ordersDB, ordersConsumer, s.topo.RepliesQueue, typed(orders.HandleStockReply), cfg.Log); err != nil {
 		return nil, err
 	}
-	if s.inventoryInbox, err = newConsumer(s.inventoryDB, inventoryConsumer, s.topo.InventoryQueue, s.inventory.HandleOrderEvent, cfg.Log); err != nil {
+	if s.inventoryInbox, err = newConsumer(s.inventoryDB, inventoryConsumer, s.topo.InventoryQueue, typed(s.inventory.HandleOrderEvent), cfg.Log); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -225,24 +212,36 @@ func (c counts) String() string {
 // progress prints a line every few seconds until ctx ends.
 func (s *shop) progress(ctx context.Context) {
 	start := time.Now()
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	_ = every(ctx, 5*time.Second, func() error { // never fails: a failed count is printed
 		c, err := s.counts(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				fmt.Fprintf(s.cfg.Out, "shop    : %v\n", err)
 			}
-			continue
+			return nil
 		}
 		fmt.Fprintf(s.cfg.Out, "shop    : %3.0fs  orders %d (%d open, %d placed, %d confirmed, %d cancelled)  commands %d, %d rolled back  events %d  duplicates absorbed %d\n",
 			time.Since(start).Seconds(), c.orders, c.open, c.placed, c.confirmed, c.cancelled,
 			s.customers.committed.Load(), s.customers.rolledBack.Load(), c.orderEvents+c.replies,
 			s.inventoryInbox.duplicates.Load()+s.ordersInbox.duplicates.Load())
+		return nil
+	})
+}
+
+// every calls fn every interval, the first time one interval after it
+// starts, until ctx ends (it returns nil) or fn fails (it returns fn's
+// error).
+func every(ctx context.Context, interval time.Duration, fn func() error) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := fn(); err != nil {
+			return err
+		}
 	}
 }

@@ -62,7 +62,7 @@ func TestShop(t *testing.T) {
 		Out:         testWriter{t},
 		Log:         slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}
-	if err := setup(ctx, cfg, testWriter{t}); err != nil {
+	if err := setup(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
 	topo := newTopology(cfg.Prefix)

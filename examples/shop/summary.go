@@ -3,7 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
-	"strings"
+
+	"github.com/outboxrelay/outboxrelay/examples/internal/report"
 )
 
 // summary is the outcome of a run: what happened, and every disagreement
@@ -44,37 +45,26 @@ func (s summary) DuplicatesAbsorbed() int64 { return s.InventoryDuplicates + s.O
 
 // print writes the summary table, then up to five examples of each problem.
 func (s summary) print(w io.Writer) {
-	line := func(name string, n any, meaning string, args ...any) {
-		fmt.Fprintf(w, "  %-19s %6v  %s\n", name, n, fmt.Sprintf(meaning, args...))
-	}
+	t := report.Table{W: w, NameWidth: 19}
 	fmt.Fprintln(w, "======================== shop: consistency check ========================")
-	line("orders", s.Orders, "created: %d open, %d confirmed, %d cancelled (%d out of stock, %d by the customer), %d awaiting stock",
+	t.Line("orders", s.Orders, "created: %d open, %d confirmed, %d cancelled (%d out of stock, %d by the customer), %d awaiting stock",
 		s.Open, s.Confirmed, s.CancelledShort+s.CancelledCustomer, s.CancelledShort, s.CancelledCustomer, s.Placed)
-	line("commands", s.Commands, "committed by the orders service; %d more refused by a business rule and rolled back, events included", s.RolledBack)
-	line("events", s.OrderEvents+s.Replies, "published: %d order events by the orders relay, %d replies by the inventory relay", s.OrderEvents, s.Replies)
-	line("duplicates absorbed", s.DuplicatesAbsorbed(), "copies acked without effect: %d by inventory's inbox, %d by orders' inbox (the audit got %d)",
+	t.Line("commands", s.Commands, "committed by the orders service; %d more refused by a business rule and rolled back, events included", s.RolledBack)
+	t.Line("events", s.OrderEvents+s.Replies, "published: %d order events by the orders relay, %d replies by the inventory relay", s.OrderEvents, s.Replies)
+	t.Line("duplicates absorbed", s.DuplicatesAbsorbed(), "copies acked without effect: %d by inventory's inbox, %d by orders' inbox (the audit got %d)",
 		s.InventoryDuplicates, s.OrdersDuplicates, s.AuditDuplicates)
-	line("lost", len(s.Lost), "events committed to an outbox that a consumer never processed")
-	line("unexpected", len(s.Unexpected), "messages received that no outbox committed (rolled-back events included)")
-	line("out of order", len(s.OutOfOrder), "orders whose events do not fold (a gap, a repeat, an impossible step)")
-	line("disagreements", len(s.Disagreements), "orders whose state differs: orders tables, inventory's view, events folded")
-	line("saga and stock", len(s.Saga), "units reserved %d, in reservations of confirmed orders %d; orders awaiting stock %d",
+	t.Line("lost", len(s.Lost), "events committed to an outbox that a consumer never processed")
+	t.Line("unexpected", len(s.Unexpected), "messages received that no outbox committed (rolled-back events included)")
+	t.Line("out of order", len(s.OutOfOrder), "orders whose events do not fold (a gap, a repeat, an impossible step)")
+	t.Line("disagreements", len(s.Disagreements), "orders whose state differs: orders tables, inventory's view, events folded")
+	t.Line("saga and stock", len(s.Saga), "units reserved %d, in reservations of confirmed orders %d; orders awaiting stock %d",
 		s.ReservedUnits, s.ReservationUnits, s.Placed)
-	line("dead-lettered", s.DeadLettered, "messages an inbox gave up on")
-	examples := func(what string, items []string) {
-		if len(items) == 0 {
-			return
-		}
-		if len(items) > 5 {
-			items = append(items[:5:5], fmt.Sprintf("... and %d more", len(items)-5))
-		}
-		fmt.Fprintf(w, "  %s:\n    %s\n", what, strings.Join(items, "\n    "))
-	}
-	examples("lost", s.Lost)
-	examples("unexpected", s.Unexpected)
-	examples("out of order", s.OutOfOrder)
-	examples("disagreements", s.Disagreements)
-	examples("saga and stock", s.Saga)
+	t.Line("dead-lettered", s.DeadLettered, "messages an inbox gave up on")
+	t.Examples("lost", s.Lost)
+	t.Examples("unexpected", s.Unexpected)
+	t.Examples("out of order", s.OutOfOrder)
+	t.Examples("disagreements", s.Disagreements)
+	t.Examples("saga and stock", s.Saga)
 	switch {
 	case s.OK():
 		fmt.Fprintf(w, "  RESULT: OK - the orders tables, inventory's view and the events agree on all %d orders\n", s.Orders)

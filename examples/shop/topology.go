@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxrelay/outboxrelay/examples/internal/broker"
 )
 
 // topology names the shop's broker objects. Every name starts with a
@@ -44,15 +45,12 @@ func (t topology) declare(ch *amqp.Channel) error {
 		{t.InventoryExchange, amqp.ExchangeTopic},
 		{t.DeadLetters, amqp.ExchangeFanout},
 	} {
-		if err := ch.ExchangeDeclare(x.name, x.kind, true, false, false, false, nil); err != nil {
-			return fmt.Errorf("declare exchange %s: %w", x.name, err)
+		if err := broker.DeclareExchange(ch, x.name, x.kind); err != nil {
+			return err
 		}
 	}
-	if _, err := ch.QueueDeclare(t.DeadLetters, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare queue %s: %w", t.DeadLetters, err)
-	}
-	if err := ch.QueueBind(t.DeadLetters, "", t.DeadLetters, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s: %w", t.DeadLetters, err)
+	if err := broker.DeclareQueue(ch, t.DeadLetters, nil, t.DeadLetters, ""); err != nil {
+		return err
 	}
 	// An inbox rejects a message whose handler keeps failing; without a
 	// dead-letter exchange the broker would drop it.
@@ -62,11 +60,8 @@ func (t topology) declare(ch *amqp.Channel) error {
 		{t.AuditQueue, t.OrdersExchange, "order.#"},
 		{t.RepliesQueue, t.InventoryExchange, "stock.#"},
 	} {
-		if _, err := ch.QueueDeclare(q.queue, true, false, false, false, deadLetter); err != nil {
-			return fmt.Errorf("declare queue %s: %w", q.queue, err)
-		}
-		if err := ch.QueueBind(q.queue, q.key, q.exchange, false, nil); err != nil {
-			return fmt.Errorf("bind queue %s to %s: %w", q.queue, q.exchange, err)
+		if err := broker.DeclareQueue(ch, q.queue, deadLetter, q.exchange, q.key); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -95,17 +90,4 @@ func (t topology) delete(ch *amqp.Channel) error {
 		}
 	}
 	return nil
-}
-
-// dial opens a named connection, so that each service shows up as itself
-// in the broker's management UI.
-func dial(url, name string) (*amqp.Connection, error) {
-	conn, err := amqp.DialConfig(url, amqp.Config{
-		Dial:       amqp.DefaultDial(10 * time.Second),
-		Properties: amqp.Table{"connection_name": name},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("connect to broker as %s: %w", name, err)
-	}
-	return conn, nil
 }

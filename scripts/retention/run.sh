@@ -36,37 +36,22 @@ MODES=${MODES:-"on off"}
 : "${RELAY_TEST_RABBITMQ_API:?set RELAY_TEST_RABBITMQ_API}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-
-as_server_user() {
-    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
+# shellcheck source=../measure-postgres.sh
+. "$ROOT/scripts/measure-postgres.sh"
 
 TMP=$(mktemp -d /tmp/retention.XXXXXX)
-DATA=$TMP/data
 VHOST=retention-$$
 API=${RELAY_TEST_RABBITMQ_API%/}
-RELAY_PID=
-WRITER_PID=
 cleanup() {
     set +e
-    [ -n "$WRITER_PID" ] && kill "$WRITER_PID" 2>/dev/null && wait "$WRITER_PID" 2>/dev/null
-    [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
-    if [ -f "$DATA/postmaster.pid" ]; then
-        as_server_user "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
-    fi
+    pg_stop "$TMP" # and the writer and the relay, if they run
     curl -fsS -X DELETE "$API/api/vhosts/$VHOST" >/dev/null 2>&1
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ "$(id -u)" -eq 0 ]; then chown postgres "$TMP"; fi
-chmod 755 "$TMP"
-as_server_user "$PGBIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-as_server_user "$PGBIN/pg_ctl" -D "$DATA" -l "$TMP/server.log" -w \
-    -o "-p $PORT -k $TMP -c listen_addresses=''" start >/dev/null
-CONN=(-h "$TMP" -p "$PORT" -U postgres)
-psql_() { "$PGBIN/psql" "${CONN[@]}" -X -q -v ON_ERROR_STOP=1 "$@"; }
+pg_start "$TMP" "$PORT"
 
 (cd "$ROOT" && go build -o "$TMP/outbox-relay" ./cmd/outbox-relay)
 
@@ -118,16 +103,14 @@ run_mode() {   # mode -> prints samples and a summary line
             'BEGIN { printf "| %d | %d | %d | %.1f | %d | %d |\n", t, l, d, s / 1048576, p, a }'
     done
     wait "$WRITER_PID" || { cat "$TMP/pgbench_$mode.out" >&2; exit 1; }
-    WRITER_PID=
     kill -TERM "$RELAY_PID"; wait "$RELAY_PID" || true
-    RELAY_PID=
     local written
     written=$(psql_ -d "$db" -At -c "SELECT coalesce(max(id), 0) FROM outbox")
     awk -v mode="$retention" -v written="$written" '
         { size[NR] = $4; if ($3 > maxdead) maxdead = $3; if ($4 > maxsize) maxsize = $4; if ($5 > maxpend) maxpend = $5 }
         END { printf "summary RELAY_RETENTION=%s: rows written %d; total size at half time %.1f MB, at the end %.1f MB, peak %.1f MB; dead tuples peak %d; unpublished peak %d\n",
                      mode, written, size[int((NR + 1) / 2)] / 1048576, size[NR] / 1048576, maxsize / 1048576, maxdead, maxpend }' "$samples"
-    grep -o 'msg="retention: deleted published rows" rows=[0-9]*' "$TMP/relay_$mode.log" |
+    { grep -o 'msg="retention: deleted published rows" rows=[0-9]*' "$TMP/relay_$mode.log" || true; } |
         awk -F= '{ n++; s += $NF; if ($NF > m) m = $NF } END { if (n) printf "retention passes that deleted rows: %d, rows deleted %d, most in one pass %d\n", n, s, m }'
     echo
     if grep -q 'level=WARN\|level=ERROR' "$TMP/relay_$mode.log"; then

@@ -11,20 +11,17 @@ CREATE TABLE orders (
 
 -- Variant A's outbox: schema.sql's outbox minus everything the relay adds:
 -- keyed by id instead of (txid, id), no txid xid8 column (so no
--- pg_current_xact_id() default), no headers CHECK, no trigger.
-CREATE TABLE outbox_plain (
-    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id       uuid        NOT NULL DEFAULT gen_random_uuid() UNIQUE,
-    aggregate_type text        NOT NULL,
-    aggregate_id   text        NOT NULL,
-    event_type     text        NOT NULL,
-    exchange       text        NULL,
-    routing_key    text        NOT NULL,
-    payload        bytea       NOT NULL,
-    content_type   text        NOT NULL DEFAULT 'application/json',
-    headers        jsonb       NOT NULL DEFAULT '{}',
-    created_at     timestamptz NOT NULL DEFAULT now()
-);
+-- pg_current_xact_id() default), no lock_keys column (so no
+-- current_setting() default), no headers CHECK, no trigger. LIKE copies the
+-- columns with their types, NOT NULL, defaults and identity, and none of the
+-- keys, checks or triggers; the dropped columns stay behind as NULLs that
+-- take no room in a row that already has a NULL (exchange).
+CREATE TABLE outbox_plain (LIKE outbox INCLUDING DEFAULTS INCLUDING IDENTITY);
+ALTER TABLE outbox_plain
+    DROP COLUMN txid,
+    DROP COLUMN lock_keys,
+    ADD PRIMARY KEY (id),
+    ADD UNIQUE (event_id);
 
 -- Variants D/D10: a row-level trigger whose payload differs per row, so
 -- PostgreSQL cannot fold the notifications of one transaction into one.

@@ -1,4 +1,5 @@
 -- One writer transaction: upsert one order, insert ten outbox rows (256-byte payloads, one multi-row INSERT) into outbox.
+-- Variants B10, C10 and D10; run.sh makes that of A10 (into outbox_plain) from it.
 \set oid random(1, 100000)
 BEGIN;
 INSERT INTO orders (id, status, amount, updated_at) VALUES (:oid, 'placed', 1, now())

@@ -1,4 +1,5 @@
 -- One writer transaction: upsert one order, insert one outbox row (256-byte payload) into outbox.
+-- Variants B, C, D and B+poll*; run.sh makes those of A (into outbox_plain) and L (the ordering lock first) from it.
 \set oid random(1, 100000)
 BEGIN;
 INSERT INTO orders (id, status, amount, updated_at) VALUES (:oid, 'placed', 1, now())
