@@ -81,7 +81,9 @@ func TestFakeRejectedRowParksOnlyItsAggregate(t *testing.T) {
 			})
 			once(t, f.pub.Delivered(), append(slices.Clone(others), later...))
 			inOrder(t, f.pub.Delivered())
-			if len(parked) != 1 {
+			// Later rows may be held while the culprit is still being
+			// retried; once it is dead, skip lets them go.
+			if parked := f.store.Parked(); len(parked) != 1 {
 				t.Errorf("parked %v, want only the dead row: under skip its aggregate goes on", parked)
 			}
 			first := f.pub.Delivered()[slices.Index(ids(f.pub.Delivered()), later[0])]
