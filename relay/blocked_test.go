@@ -103,13 +103,7 @@ func TestPausesWhenTheBrokerBlocksAFullWindow(t *testing.T) {
 	defer stop()
 	defer pub.release() // before stop, so a failed test leaves nothing held
 
-	deadline := time.Now().Add(30 * time.Second)
-	for pub.sent.Load() < 20 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d messages published, want the window of 20", pub.sent.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, "the window of 20 published", func() bool { return pub.sent.Load() >= 20 })
 	pub.set(true)
 	expect := func(want bool) {
 		t.Helper()

@@ -77,6 +77,7 @@ func TestObserverIsToldEverything(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("Run = %v", err)
 	}
+	seen = b.rest(t, seen)
 
 	obs.mu.Lock()
 	defer obs.mu.Unlock()

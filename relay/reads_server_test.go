@@ -2,6 +2,8 @@ package relay_test
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -61,11 +63,7 @@ func TestIdleLeaderConnectsToTheBroker(t *testing.T) {
 	b := setup(t)
 	stop := run(t, relay.Config{}, b.store, b.broker)
 	defer stop()
-	for deadline := time.Now().Add(30 * time.Second); !b.broker.Connected(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the idle leader never connected to the broker")
-		}
-	}
+	eventually(t, "the idle leader connects to the broker", b.broker.Connected)
 }
 
 // barrier holds calls until it opens: each held call first tells the test
@@ -143,10 +141,14 @@ func TestSlowReadDoesNotHoldUpRecording(t *testing.T) {
 	b.deliveredOf(t, 3, "after0")
 }
 
-// heldRecords holds every position write at the barrier.
+// heldRecords holds every position write at the barrier. It counts the
+// rows read and tells of each lease renewal, for the test to know what the
+// relay has done meanwhile.
 type heldRecords struct {
 	relay.Store
 	*barrier
+	rowsRead atomic.Int64
+	renewed  chan struct{}
 }
 
 func (s *heldRecords) Record(ctx context.Context, pos relay.Position) error {
@@ -156,15 +158,53 @@ func (s *heldRecords) Record(ctx context.Context, pos relay.Position) error {
 	return s.Store.Record(ctx, pos)
 }
 
-// countingPublisher counts the messages handed to the broker.
+func (s *heldRecords) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
+	rows, err := s.Store.Read(ctx, after, b)
+	s.rowsRead.Add(int64(len(rows)))
+	return rows, err
+}
+
+func (s *heldRecords) Renew(ctx context.Context, state string) error {
+	err := s.Store.Renew(ctx, state)
+	select {
+	case s.renewed <- struct{}{}:
+	default:
+	}
+	return err
+}
+
+// countingPublisher counts the messages handed to the broker and keeps
+// the broker's answers.
 type countingPublisher struct {
 	relay.Publisher
 	sent atomic.Int64
+
+	mu    sync.Mutex
+	confs []relay.Confirmation
 }
 
 func (c *countingPublisher) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
 	c.sent.Add(int64(len(msgs)))
-	return c.Publisher.Publish(ctx, msgs)
+	conf := c.Publisher.Publish(ctx, msgs)
+	c.mu.Lock()
+	c.confs = append(c.confs, conf)
+	c.mu.Unlock()
+	return conf
+}
+
+// answered waits until the broker has answered every Publish call so far.
+func (c *countingPublisher) answered(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	confs := slices.Clone(c.confs)
+	c.mu.Unlock()
+	for _, conf := range confs {
+		select {
+		case <-conf.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("the broker did not answer a publish within 30 s")
+		}
+	}
 }
 
 // TestWindowCountsRowsAwaitingTheirPositionWrite: confirmed rows whose
@@ -175,16 +215,37 @@ func TestWindowCountsRowsAwaitingTheirPositionWrite(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.write(t, "held", 100, 5)
-	store := &heldRecords{Store: b.store, barrier: newBarrier()}
+	store := &heldRecords{Store: b.store, barrier: newBarrier(), renewed: make(chan struct{}, 100)}
 	pub := &countingPublisher{Publisher: b.broker}
-	stop := run(t, relay.Config{BatchSize: 10}, store, pub)
+	// A lease of 1 s is renewed every 333 ms: each renewal is a turn of
+	// the relay's loop.
+	stop := run(t, relay.Config{BatchSize: 10, LeaseTimeout: time.Second}, store, pub)
 	defer stop()
-	<-store.arrived
-	time.Sleep(500 * time.Millisecond) // room for the relay to overrun, if it would
+	release := sync.OnceFunc(func() { close(store.open) })
+	defer release() // before stop, so a failed test leaves nothing held
+	<-store.arrived // the first position write hangs from now on
+	// The relay gets every chance to overrun: the window is published and
+	// answered, the next batch is read and waiting, and the loop turns
+	// twice more. Each turn publishes first when the window has room, and
+	// the second renewal's turn begins after all of that.
+	eventually(t, "the window of 20 published and the next batch read", func() bool {
+		return pub.sent.Load() >= 20 && store.rowsRead.Load() >= 30
+	})
+	pub.answered(t)
+	for len(store.renewed) > 0 {
+		<-store.renewed
+	}
+	for range 2 {
+		select {
+		case <-store.renewed:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the relay renewed no lease for 30 s")
+		}
+	}
 	if n := pub.sent.Load(); n > 20 {
 		t.Fatalf("%d messages published while the first position write hung, want at most the window of 20", n)
 	}
-	close(store.open)
+	release()
 	if seen := b.deliveredOf(t, 100, ""); len(seen) != 100 {
 		t.Fatalf("%d delivered, want 100", len(seen))
 	}

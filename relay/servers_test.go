@@ -99,6 +99,8 @@ type event struct {
 
 // delivered reads the queue until want distinct messages arrived (or 30 s),
 // then checks order per aggregate and returns deliveries per message id.
+// Duplicates may still come while the relay runs: a test that counts them
+// stops the relay first and adds the rest of the queue (rest).
 func (b *bundle) delivered(t *testing.T, want int) map[string]int {
 	t.Helper()
 	return b.deliveredOf(t, want, "")
@@ -115,26 +117,20 @@ func (b *bundle) deliveredOf(t *testing.T, want int, agg string) map[string]int 
 	if err != nil {
 		t.Fatal(err)
 	}
-	deliveries, err := ch.Consume(b.queue, "", true, false, false, false, nil)
+	const tag = "delivered"
+	deliveries, err := ch.Consume(b.queue, tag, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]int{}
 	next := map[string]int{}
-	timeout := time.After(30 * time.Second)
-	for len(seen) < want {
-		var d amqp.Delivery
-		select {
-		case d = <-deliveries:
-		case <-timeout:
-			t.Fatalf("%d of %d messages arrived", len(seen), want)
-		}
+	take := func(d amqp.Delivery) {
 		var e event
 		if err := json.Unmarshal(d.Body, &e); err != nil {
 			t.Fatal(err)
 		}
 		if agg != "" && e.Agg != agg {
-			continue
+			return
 		}
 		if seen[d.MessageId] == 0 { // first deliveries must be in order
 			if e.Seq != next[e.Agg] {
@@ -144,15 +140,60 @@ func (b *bundle) deliveredOf(t *testing.T, want int, agg string) map[string]int 
 		}
 		seen[d.MessageId]++
 	}
-	// Anything still arriving is a duplicate; give it a moment to show.
-	for {
+	timeout := time.After(30 * time.Second)
+	for len(seen) < want {
 		select {
 		case d := <-deliveries:
-			seen[d.MessageId]++
-			continue
-		case <-time.After(200 * time.Millisecond):
+			take(d)
+		case <-timeout:
+			t.Fatalf("%d of %d messages arrived", len(seen), want)
 		}
-		return seen
+	}
+	// Cancel the consumer and take what the broker sent it meanwhile: with
+	// automatic acks, a message on its way to the consumer would be lost at
+	// close. The channel closes once the broker confirmed the cancel.
+	if err := ch.Cancel(tag, false); err != nil {
+		t.Fatal(err)
+	}
+	for d := range deliveries {
+		take(d)
+	}
+	return seen
+}
+
+// rest adds to seen what is left in the queue, once the relay has stopped:
+// Run returns only after its last flights are confirmed, and the broker
+// confirms a message once it is queued, so every late duplicate is in the
+// queue by then and nothing more comes. Counting after the stop cannot
+// miss a duplicate that was merely slow.
+func (b *bundle) rest(t *testing.T, seen map[string]int) map[string]int {
+	t.Helper()
+	conn := b.amqp.Dial(t)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		d, ok, err := ch.Get(b.queue, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			return seen
+		}
+		seen[d.MessageId]++
+	}
+}
+
+// eventually polls cond, a look at state (a counter, a table, a queue),
+// until it holds, and fails the test after 30 s: "never: what".
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never within 30 s: %s", what)
+		}
 	}
 }
 
@@ -164,17 +205,16 @@ func (b *bundle) getOne(t *testing.T, queue string) amqp.Delivery {
 		t.Fatal(err)
 	}
 	defer ch.Close()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		d, ok, err := ch.Get(queue, true)
-		if err != nil {
+	var d amqp.Delivery
+	eventually(t, "a message on "+queue, func() bool {
+		var ok bool
+		var err error
+		if d, ok, err = ch.Get(queue, true); err != nil {
 			t.Fatal(err)
 		}
-		if ok {
-			return d
-		}
-	}
-	t.Fatalf("nothing arrived on %s", queue)
-	return amqp.Delivery{}
+		return ok
+	})
+	return d
 }
 
 func duplicates(seen map[string]int) int {

@@ -57,27 +57,40 @@ func TestRelayShutdownGivesUpAfterTimeout(t *testing.T) {
 	}
 }
 
-// slowConfirm delays the broker's answer so a stop lands mid-round.
-type slowConfirm struct {
+// gatedPublish holds the first Publish call until the test opens the gate,
+// so a stop lands while a round is in flight.
+type gatedPublish struct {
 	relay.Publisher
-	inFlight chan struct{}
+	inFlight chan struct{} // closed when the first Publish call arrives
+	gate     chan struct{} // the call goes on once this is closed
 	once     sync.Once
 }
 
-func (s *slowConfirm) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
-	s.once.Do(func() { close(s.inFlight) })
-	time.Sleep(100 * time.Millisecond)
-	return s.Publisher.Publish(ctx, msgs)
+func (g *gatedPublish) Publish(ctx context.Context, msgs []relay.Message) relay.Confirmation {
+	g.once.Do(func() {
+		close(g.inFlight)
+		<-g.gate
+	})
+	return g.Publisher.Publish(ctx, msgs)
 }
 
 func TestRelayStopFinishesTheRoundInFlight(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.write(t, "a", 50, 5)
-	pub := &slowConfirm{Publisher: b.broker, inFlight: make(chan struct{})}
-	stop := run(t, relay.Config{BatchSize: 50}, b.store, pub)
+	pub := &gatedPublish{Publisher: b.broker, inFlight: make(chan struct{}), gate: make(chan struct{})}
+	r, err := relay.New(relay.Config{BatchSize: 50}, b.store, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
 	<-pub.inFlight
-	if err := stop(); err != nil {
+	cancel() // the stop comes while the batch is being published
+	close(pub.gate)
+	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
 	}
 	st, err := b.store.Admin().Status(context.Background())
@@ -88,13 +101,13 @@ func TestRelayStopFinishesTheRoundInFlight(t *testing.T) {
 		t.Fatalf("%d rows pending after a clean stop mid-round, want 0", st.Pending)
 	}
 	// A restart publishes nothing again.
-	stop = run(t, relay.Config{}, b.store, b.broker)
+	stop := run(t, relay.Config{}, b.store, b.broker)
 	b.write(t, "b", 1, 1)
 	seen := b.delivered(t, 51)
-	if dups := duplicates(seen); dups != 0 {
-		t.Fatalf("%d duplicates after a clean stop and restart", dups)
-	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
+	}
+	if dups := duplicates(b.rest(t, seen)); dups != 0 {
+		t.Fatalf("%d duplicates after a clean stop and restart", dups)
 	}
 }
