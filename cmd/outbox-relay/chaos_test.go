@@ -143,7 +143,7 @@ func TestChaos(t *testing.T) {
 		}
 	}
 
-	time.Sleep(500 * time.Millisecond)
+	r.wrote(t, 100) // writes after the last fault, too
 	r.stopWrites()
 	r.drained(t)
 	for _, p := range replicas {

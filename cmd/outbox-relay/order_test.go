@@ -79,6 +79,7 @@ func TestContendedWritersKeepCommitOrder(t *testing.T) {
 	unlocked := metric(addr, "outbox_relay_unlocked_rows_total")
 	stopClean(t, p)
 	if *orderUnlocked {
+		r.settle(t)
 		rep := r.ledger.Report()
 		t.Logf("without outbox_lock: %d of %d events first delivered out of commit order; %d duplicates; %.0f rows counted as unlocked",
 			rep.OrderViolations, rep.Committed, rep.Duplicates, unlocked)

@@ -89,7 +89,8 @@ RETURNING id, event_id::text`, agg, exchange, age.Milliseconds()).Scan(&r.id, &r
 	insert("3", "amq.direct", 0)
 
 	env := []string{"RELAY_DATABASE_URL=" + dbURL, "RELAY_AMQP_URL=" + broker.URL, "RELAY_BATCH_SIZE=2"}
-	p := start(t, append(env, "RELAY_MAX_ATTEMPTS=1", "RELAY_RETENTION=1h", "RELAY_POLL_INTERVAL=20ms"))
+	addr := freeAddr(t)
+	p := start(t, append(env, "RELAY_MAX_ATTEMPTS=1", "RELAY_RETENTION=1h", "RELAY_POLL_INTERVAL=20ms", "RELAY_HTTP_ADDR="+addr))
 	take(t, ch, queue, 8)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		var left, dead int
@@ -104,7 +105,9 @@ RETURNING id, event_id::text`, agg, exchange, age.Milliseconds()).Scan(&r.id, &r
 			t.Fatalf("after 60 s: %d old rows left, %d dead rows; want 0 and 1", left, dead)
 		}
 	}
-	p.waitLog("retention: deleted published rows", 10*time.Second)
+	eventually(t, "retention counts the 2 rows it deleted", func() bool {
+		return metric(addr, "outbox_relay_retention_deleted_rows_total") == 2
+	})
 	stopClean(t, p)
 	pending := insert("1", "", 0) // the relay is stopped: this one stays pending
 

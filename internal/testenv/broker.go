@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/url"
 	"testing"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -115,6 +116,40 @@ func (b *Broker) DeclareQueue(t testing.TB, exchange, routingKey string) string 
 	return name
 }
 
+// Connection is a client connection to a broker's virtual host, as the
+// management API lists it.
+type Connection struct {
+	Name        string    // the broker's name for it, peer and local address
+	ClientName  string    // the connection name the client gave
+	ConnectedAt time.Time // when the broker accepted it
+}
+
+// Connections lists the client connections to the broker's virtual host
+// whose client-provided connection name is clientName (all of them when it
+// is empty). The list lags as CloseConnections says: a connection opened or
+// closed less than that lag ago may be missing or still listed.
+func (b *Broker) Connections(t testing.TB, clientName string) []Connection {
+	t.Helper()
+	var conns []struct {
+		Name             string `json:"name"`
+		ConnectedAt      int64  `json:"connected_at"` // Unix milliseconds
+		ClientProperties struct {
+			ConnectionName string `json:"connection_name"`
+		} `json:"client_properties"`
+	}
+	if err := b.api.do(t, "GET", "/api/vhosts/"+url.PathEscape(b.Vhost)+"/connections", nil, &conns); err != nil {
+		t.Fatalf("testenv: list connections of vhost %s: %v", b.Vhost, err)
+	}
+	var out []Connection
+	for _, c := range conns {
+		if clientName != "" && c.ClientProperties.ConnectionName != clientName {
+			continue
+		}
+		out = append(out, Connection{Name: c.Name, ClientName: c.ClientProperties.ConnectionName, ConnectedAt: time.UnixMilli(c.ConnectedAt)})
+	}
+	return out
+}
+
 // CloseConnections closes the client connections to the broker's virtual
 // host whose client-provided connection name is clientName (all of them when
 // it is empty) through the management API, and returns how many it closed.
@@ -130,20 +165,8 @@ func (b *Broker) DeclareQueue(t testing.TB, exchange, routingKey string) string 
 // connection it just opened should retry until the count is nonzero.
 func (b *Broker) CloseConnections(t testing.TB, clientName string) int {
 	t.Helper()
-	var conns []struct {
-		Name             string `json:"name"`
-		ClientProperties struct {
-			ConnectionName string `json:"connection_name"`
-		} `json:"client_properties"`
-	}
-	if err := b.api.do(t, "GET", "/api/vhosts/"+url.PathEscape(b.Vhost)+"/connections", nil, &conns); err != nil {
-		t.Fatalf("testenv: list connections of vhost %s: %v", b.Vhost, err)
-	}
 	closed := 0
-	for _, c := range conns {
-		if clientName != "" && c.ClientProperties.ConnectionName != clientName {
-			continue
-		}
+	for _, c := range b.Connections(t, clientName) {
 		err := b.api.do(t, "DELETE", "/api/connections/"+url.PathEscape(c.Name), nil, nil)
 		if errors.Is(err, errNotFound) {
 			continue // closed by its client meanwhile

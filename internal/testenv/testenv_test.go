@@ -97,6 +97,22 @@ func TestBroker(t *testing.T) {
 			t.Errorf("DeclareQueue on default exchange returned %q, want %q", got, "named")
 		}
 
+		// Connections lists a connection by the name its client gave.
+		dialed := time.Now()
+		named, err := amqp.DialConfig(b.URL, amqp.Config{Properties: amqp.Table{"connection_name": "testenv-named"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var listed []Connection
+		waitFor(t, 20*time.Second, func() bool { listed = b.Connections(t, "testenv-named"); return len(listed) > 0 })
+		if c := listed[0]; len(listed) != 1 || c.ClientName != "testenv-named" ||
+			c.ConnectedAt.Before(dialed.Add(-time.Minute)) || c.ConnectedAt.After(time.Now().Add(time.Minute)) {
+			t.Errorf("Connections(testenv-named) = %+v, want the one connection, opened about %s", listed, dialed.Format(time.TimeOnly))
+		}
+		if err := named.Close(); err != nil {
+			t.Fatal(err)
+		}
+
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		waitFor(t, 20*time.Second, func() bool { return b.CloseConnections(t, "") > 0 })
 		select {
