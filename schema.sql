@@ -127,6 +127,24 @@ COMMENT ON COLUMN outbox_relay_position.pruned_until IS
 COMMENT ON COLUMN outbox_relay_position.pruned_id IS
     'Retention watermark: the highest row id the relay deleted; NULL if none. Rows with higher ids were never deleted by the relay.';
 
+-- The logical source's position (RELAY_SOURCE=logical), added the same way.
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS lsn pg_lsn NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS lsn_id bigint NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS lsn_sample pg_lsn NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS lsn_sample_xmin xid8 NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS logical_from xid8 NULL;
+
+COMMENT ON COLUMN outbox_relay_position.lsn IS
+    'Logical source: commit LSN of the transaction of the last row of the published prefix; NULL until the logical source records one. Rows come in commit order; every row of an earlier commit is published.';
+COMMENT ON COLUMN outbox_relay_position.lsn_id IS
+    'Logical source: id of that row; the rows of its transaction up to it are published.';
+COMMENT ON COLUMN outbox_relay_position.lsn_sample IS
+    'Logical source: the WAL insert location when txid and id last moved. Once lsn reaches it, every row below lsn_sample_xmin is published, and (lsn_sample_xmin, 0) becomes the (txid, id) position.';
+COMMENT ON COLUMN outbox_relay_position.lsn_sample_xmin IS
+    'Logical source: the snapshot xmin sampled with lsn_sample.';
+COMMENT ON COLUMN outbox_relay_position.logical_from IS
+    'Logical source: the snapshot xmin just after outbox-relay migrate created the replication slot. Rows of older transactions may predate the slot; the logical source starts only once (txid, id) is past them all.';
+
 CREATE TABLE IF NOT EXISTS outbox_relay_parked (
     outbox_table    text        NOT NULL,
     id              bigint      NOT NULL,

@@ -10,7 +10,9 @@ import (
 type Store interface {
 	// Start prepares the store and returns the recorded position. It fails
 	// with an error wrapping ErrPositionAhead when the recorded position or
-	// the table's rows lie beyond the server's transaction counter.
+	// the table's rows lie beyond the server's transaction counter, and
+	// with one wrapping ErrNotSetUp when the database lacks what the store
+	// needs.
 	Start(ctx context.Context) (Position, error)
 	// Read returns committed rows after the position, in publishing
 	// order, within the bounds of b. It never returns a row while an older
@@ -101,6 +103,12 @@ func Leading(answers []Answer) (int, error) {
 // logical copy to a new server. Reading on would skip rows, so the relay
 // refuses to start.
 var ErrPositionAhead = errors.New("outbox is ahead of the database's transaction counter")
+
+// ErrNotSetUp means the database is not set up for the source the relay
+// was configured with (a server setting, a missing replication slot or
+// publication): retrying cannot help, so the relay refuses to start and
+// the error says what to change.
+var ErrNotSetUp = errors.New("the database is not set up for this relay")
 
 // ErrLeaseHeld means another replica holds the lease: this one stands by.
 var ErrLeaseHeld = errors.New("lease held")

@@ -48,7 +48,7 @@ func (r *Relay) unlocked(rows []Row, now time.Time) {
 // ShutdownTimeout for the confirms of messages in flight, records them and
 // returns nil, so a clean stop leaves nothing to publish twice. It returns
 // ErrShutdownTimeout if the confirms did not come in time, or an error
-// wrapping ErrPositionAhead if the store refuses to start.
+// wrapping ErrPositionAhead or ErrNotSetUp if the store refuses to start.
 //
 // Run never returns because a server is down: it retries with capped,
 // jittered backoff and logs once when it fails and once when it recovers.
@@ -209,7 +209,7 @@ func (r *Relay) start(ctx context.Context) error {
 			r.log.Info("started", "position", pos.String())
 			return nil
 		}
-		if errors.Is(err, ErrPositionAhead) {
+		if errors.Is(err, ErrPositionAhead) || errors.Is(err, ErrNotSetUp) {
 			return err
 		}
 		if ctx.Err() != nil {

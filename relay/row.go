@@ -11,6 +11,9 @@ import (
 type Position struct {
 	TxID uint64
 	ID   int64
+	// LSN is the commit LSN of the row's transaction, set by a store that
+	// reads in commit order (PostgreSQL's logical decoding); zero otherwise.
+	LSN uint64
 }
 
 // After reports whether p comes after q in publishing order.
@@ -18,13 +21,20 @@ func (p Position) After(q Position) bool {
 	return p.TxID > q.TxID || (p.TxID == q.TxID && p.ID > q.ID)
 }
 
-// String formats the position as txid/id.
-func (p Position) String() string { return fmt.Sprintf("%d/%d", p.TxID, p.ID) }
+// String formats the position as txid/id, and with the commit LSN as
+// PostgreSQL prints it when there is one.
+func (p Position) String() string {
+	if p.LSN != 0 {
+		return fmt.Sprintf("%d/%d@%X/%X", p.TxID, p.ID, p.LSN>>32, uint32(p.LSN))
+	}
+	return fmt.Sprintf("%d/%d", p.TxID, p.ID)
+}
 
 // Row is one committed outbox row, as the Store reads it.
 type Row struct {
 	ID            int64
 	TxID          uint64
+	LSN           uint64 // the commit LSN of its transaction, where the store knows it
 	EventID       string // canonical lower-case UUID text
 	AggregateType string
 	AggregateID   string
@@ -63,7 +73,7 @@ func (r *Row) Size() int { return len(r.Payload) + len(r.Headers) + rowOverhead 
 const rowOverhead = 200
 
 // Position returns the row's place in publishing order.
-func (r *Row) Position() Position { return Position{TxID: r.TxID, ID: r.ID} }
+func (r *Row) Position() Position { return Position{TxID: r.TxID, ID: r.ID, LSN: r.LSN} }
 
 // Aggregate identifies an ordering key.
 type Aggregate struct{ Type, ID string }

@@ -141,7 +141,7 @@ pg_start() {
 	port=$(free_port)
 	# -w waits until the server accepts connections (pg_isready's check).
 	if ! as_user postgres "${pin_other[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t $start_timeout \
-		-o "-p $port -k $dir/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c log_min_messages=warning" \
+		-o "-p $port -k $dir/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c wal_level=logical -c max_replication_slots=200 -c max_wal_senders=200 -c log_min_messages=warning" \
 		start >"$dir/pg_ctl.log" 2>&1; then
 		cat "$dir/pg_ctl.log" "$dir/postgres.log" >&2 || true
 		die "PostgreSQL did not start on port $port"

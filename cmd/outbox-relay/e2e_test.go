@@ -40,7 +40,8 @@ type rig struct {
 	broker  *testenv.Broker
 	ledger  *ledger.Ledger
 	stopW   context.CancelFunc
-	wg      sync.WaitGroup
+	writers sync.WaitGroup // the writers, which stopW stops
+	wg      sync.WaitGroup // the consumer
 }
 
 func newRig(t *testing.T) *rig {
@@ -109,7 +110,7 @@ func (r *rig) writeThrough(t *testing.T, writers int, outages bool) {
 	for i := range writers {
 		w := &ledger.Writer{Pool: r.pool, Ledger: r.ledger, Name: "w" + string(rune('a'+i)), Aggregates: 3,
 			PerTx: 1 + i%3, Rollback: 0.1, Pause: 2 * time.Millisecond, Outages: outages}
-		r.wg.Go(func() {
+		r.writers.Go(func() {
 			if err := w.Run(ctx); err != nil {
 				t.Errorf("writer: %v", err)
 			}
@@ -117,7 +118,12 @@ func (r *rig) writeThrough(t *testing.T, writers int, outages bool) {
 	}
 }
 
-func (r *rig) stopWrites() { r.stopW() }
+// stopWrites stops the writers and waits for them: a commit in flight is
+// in the ledger when it returns.
+func (r *rig) stopWrites() {
+	r.stopW()
+	r.writers.Wait()
+}
 
 // close stops the writers, if the test did not get to it (a failure), and
 // waits for every goroutine of the rig.
@@ -125,6 +131,7 @@ func (r *rig) close() {
 	if r.stopW != nil {
 		r.stopW()
 	}
+	r.writers.Wait()
 	r.wg.Wait()
 }
 
@@ -257,9 +264,12 @@ func stopClean(t *testing.T, p *proc) {
 	}
 }
 
-func TestSIGKILLLosesNothing(t *testing.T) {
+func TestSIGKILLLosesNothing(t *testing.T) { bothSources(t, testSIGKILLLosesNothing) }
+
+func testSIGKILLLosesNothing(t *testing.T, source string) {
 	t.Parallel()
 	r := newRig(t)
+	r.useSource(t, source)
 	r.write(t, 4)
 	const kills = 20
 	holder := ""
@@ -280,9 +290,12 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 	t.Logf("SIGKILL x%d: %.1f duplicates per kill (bound %d)", kills, float64(rep.Duplicates)/kills, window)
 }
 
-func TestSIGTERMLeavesNoDuplicates(t *testing.T) {
+func TestSIGTERMLeavesNoDuplicates(t *testing.T) { bothSources(t, testSIGTERMLeavesNoDuplicates) }
+
+func testSIGTERMLeavesNoDuplicates(t *testing.T, source string) {
 	t.Parallel()
 	r := newRig(t)
+	r.useSource(t, source)
 	r.write(t, 4)
 	holder := ""
 	for range 8 {
@@ -299,8 +312,13 @@ func TestSIGTERMLeavesNoDuplicates(t *testing.T) {
 }
 
 func TestRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T) {
+	bothSources(t, testRecoversFromClosedConnectionsAndTerminatedBackends)
+}
+
+func testRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T, source string) {
 	t.Parallel()
 	r := newRig(t)
+	r.useSource(t, source)
 	r.write(t, 4)
 	addr := freeAddr(t)
 	p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr))
@@ -365,9 +383,14 @@ func recovered(t *testing.T, addr string) {
 // TestSurvivesPostgresCrashRestarts is RELIABILITY entry 14: the database
 // restarts without a shutdown checkpoint, three times, under load.
 func TestSurvivesPostgresCrashRestarts(t *testing.T) {
+	bothSources(t, testSurvivesPostgresCrashRestarts)
+}
+
+func testSurvivesPostgresCrashRestarts(t *testing.T, source string) {
 	t.Parallel()
 	srv := testenv.NewPostgresServer(t)
 	r := newRigOn(t, srv.Database(t))
+	r.useSource(t, source)
 	r.writeThrough(t, 4, true)
 	addr := freeAddr(t)
 	p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr))

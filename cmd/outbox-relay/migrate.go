@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/outboxrelay/outboxrelay/relay"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
 )
 
@@ -16,6 +18,11 @@ Applies the embedded schema.sql to RELAY_DATABASE_URL. Idempotent: safe to
 run on every deploy, also from several replicas at once. The schema's objects
 are created in the schema named by RELAY_TABLE (default: the first schema of
 search_path, normally public); the table name itself must be outbox.
+
+With RELAY_SOURCE=logical it also creates the publication of the table's
+inserts and the replication slot (RELAY_PUBLICATION, RELAY_SLOT), unless they
+exist; creating a slot waits for the transactions running at that moment to
+end. It needs wal_level = logical and a role that may create slots.
 `
 
 func migrateCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -35,5 +42,20 @@ func migrateCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	fmt.Fprintf(stdout, "schema applied to %s (table %s)\n", postgres.Describe(e.DatabaseURL), cfg.Table)
+	if cfg.Source != postgres.SourceLogical {
+		return nil
+	}
+	set, err := postgres.SetUpLogical(ctx, cfg)
+	if errors.Is(err, relay.ErrNotSetUp) {
+		return &usageError{err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	made := "exists"
+	if set.SlotCreated {
+		made = "created"
+	}
+	fmt.Fprintf(stdout, "logical source: publication %s, replication slot %s (%s)\n", set.Publication, set.Slot, made)
 	return nil
 }

@@ -42,7 +42,7 @@ func (r *rig) contend(t *testing.T, writers int, lock, outages bool) {
 				t.Fatal(err)
 			}
 		}
-		r.wg.Go(func() {
+		r.writers.Go(func() {
 			if err := w.Run(ctx); err != nil {
 				t.Errorf("writer: %v", err)
 			}

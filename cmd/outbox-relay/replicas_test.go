@@ -81,9 +81,14 @@ func (r *rig) holdsName(t *testing.T, name string) bool {
 // over within about the lease timeout, and a frozen leader that wakes up
 // stops publishing instead of competing. Nothing is lost or reordered.
 func TestReplicasTakeOverWithoutSplitBrain(t *testing.T) {
+	bothSources(t, testReplicasTakeOverWithoutSplitBrain)
+}
+
+func testReplicasTakeOverWithoutSplitBrain(t *testing.T, source string) {
 	t.Parallel()
 	const lease = 2 * time.Second
 	r := newRig(t)
+	r.useSource(t, source)
 	r.write(t, 4)
 	procs := map[string]*proc{}
 	addrs := map[string]string{}

@@ -145,6 +145,9 @@ func (m *Main) open(storeCfg postgres.Config, brokerCfg rabbitmq.Config, relayCf
 	}
 	m.sampler = newSampler(m.store.Admin(), m.metrics, samplerConfig{})
 	relayCfg.Wake = m.listener.C()
+	if m.env.Source == string(postgres.SourceLogical) {
+		relayCfg.Wake = m.store.Wake() // the slot's rows, as they come
+	}
 	relayCfg.Logger = m.log
 	relayCfg.Observer = m.metrics
 	if m.relay, err = relay.New(relayCfg, m.store, m.broker); err != nil {
@@ -184,6 +187,9 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 
 	if err := m.relay.Run(ctx); err != nil {
+		if errors.Is(err, relay.ErrNotSetUp) {
+			return &usageError{err.Error()}
+		}
 		return fmt.Errorf("relay: %w", err)
 	}
 	return nil

@@ -84,4 +84,15 @@ func printStatus(stdout io.Writer, st postgres.Status, policy string) {
 	} else if x != nil {
 		fmt.Fprintf(stdout, "oldest transaction    pid %d in %q, running %.1fs\n", x.PID, x.Database, x.AgeSeconds)
 	}
+	switch sl := st.Slot; {
+	case sl == nil:
+	case !sl.Exists:
+		fmt.Fprintf(stdout, "slot                  %s does not exist (outbox-relay migrate with RELAY_SOURCE=logical creates it)\n", sl.Name)
+	default:
+		reader := "no reader"
+		if sl.Active {
+			reader = "read"
+		}
+		fmt.Fprintf(stdout, "slot                  %s, %s, confirmed %s, retains %d bytes of WAL (%s)\n", sl.Name, reader, sl.ConfirmedLSN, sl.RetainedWALBytes, sl.WALStatus)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -88,6 +89,29 @@ func dropDatabase(t testing.TB, adminURL, name string) {
 		return
 	}
 	defer admin.Close(ctx)
+	// A database with replication slots cannot be dropped: end their
+	// sessions and drop them first (slots are the logical source's).
+	for deadline := time.Now().Add(cleanupTimeout / 2); ; time.Sleep(50 * time.Millisecond) {
+		var active, inactive []string
+		err := admin.QueryRow(ctx, `
+SELECT coalesce(array_agg(slot_name::text) FILTER (WHERE active), '{}'), coalesce(array_agg(slot_name::text) FILTER (WHERE NOT active), '{}')
+  FROM pg_replication_slots WHERE database = $1`, name).Scan(&active, &inactive)
+		if err == nil && len(active) > 0 {
+			_, err = admin.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = ANY($1) AND active_pid IS NOT NULL`, active)
+		}
+		for _, slot := range inactive {
+			if err == nil {
+				_, err = admin.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot)
+			}
+		}
+		if err != nil && time.Now().After(deadline) {
+			t.Errorf("testenv: drop the replication slots of %s: %v", name, err)
+			return
+		}
+		if err == nil && len(active)+len(inactive) == 0 {
+			break
+		}
+	}
 	if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
 		t.Errorf("testenv: drop database %s: %v", name, err)
 	}

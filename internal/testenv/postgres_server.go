@@ -94,7 +94,7 @@ func NewPostgresServer(t testing.TB) *PostgresServer {
 
 	port := freePort(t)
 	s.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres", port)
-	s.opts = fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=100", port, sock)
+	s.opts = fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=100 -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20", port, sock)
 
 	// Registered before starting: a start that timed out may have left a
 	// postmaster behind.

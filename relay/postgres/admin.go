@@ -16,6 +16,10 @@ type Admin struct {
 	table Table
 	q     adminQueries
 	owned bool // Close closes the pool
+	// slot names the logical source's slot, for status; empty for the
+	// poll source, or the default name.
+	logical bool
+	slot    string
 }
 
 // OpenAdmin returns an Admin with a pool of its own, for the one-shot
@@ -26,14 +30,15 @@ func OpenAdmin(cfg Config) (*Admin, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Admin{pool: pool, table: cfg.Table, q: newAdminQueries(cfg.Table), owned: true}, nil
+	return &Admin{pool: pool, table: cfg.Table, q: newAdminQueries(cfg.Table), owned: true,
+		logical: cfg.Source == SourceLogical, slot: cfg.Slot}, nil
 }
 
 // Admin returns an Admin of the store's table on the store's pool, for the
 // services that run beside the relay (the hold-up watcher, the metrics
 // sampler). It is valid until the store is closed; its Close does nothing.
 func (s *Store) Admin() *Admin {
-	return &Admin{pool: s.pool, table: s.table, q: newAdminQueries(s.table)}
+	return &Admin{pool: s.pool, table: s.table, q: newAdminQueries(s.table), logical: s.source == SourceLogical, slot: s.slot}
 }
 
 // Close closes the pool of an Admin from OpenAdmin.

@@ -34,7 +34,27 @@ type Config struct {
 	// Logger is told, at Start, when the table's ordering locks cannot be
 	// checked. Nil discards.
 	Logger *slog.Logger
+	// Source is where the Store reads rows: SourcePoll (also the zero
+	// value) or SourceLogical.
+	Source Source
+	// Slot and Publication name the logical source's replication slot and
+	// publication. Empty means the defaults (DefaultSlot,
+	// DefaultPublication).
+	Slot, Publication string
 }
+
+// Source is where the Store reads rows from.
+type Source string
+
+const (
+	// SourcePoll reads the table by transaction id, below the oldest
+	// running transaction; it needs nothing of the server.
+	SourcePoll Source = "poll"
+	// SourceLogical reads the table's inserts from a replication slot
+	// through logical decoding, in commit order; it needs wal_level =
+	// logical, a publication and a slot (Migrate with SourceLogical).
+	SourceLogical Source = "logical"
+)
 
 // Validate reports the first field that cannot work.
 func (c Config) Validate() error {
@@ -58,6 +78,17 @@ func (c Config) Validate() error {
 	}
 	if c.LeaseTimeout < 0 {
 		return &relay.ConfigError{Field: "LeaseTimeout", Problem: "must not be negative"}
+	}
+	switch c.Source {
+	case "", SourcePoll, SourceLogical:
+	default:
+		return &relay.ConfigError{Field: "Source", Problem: fmt.Sprintf("must be %s or %s, got %q", SourcePoll, SourceLogical, c.Source)}
+	}
+	if c.Slot != "" && !validSlot(c.Slot) {
+		return &relay.ConfigError{Field: "Slot", Problem: fmt.Sprintf("must be 1 to %d lower-case letters, digits and underscores, got %q", maxIdentifier, c.Slot)}
+	}
+	if len(c.Publication) > maxIdentifier {
+		return &relay.ConfigError{Field: "Publication", Problem: fmt.Sprintf("must be at most %d bytes, got %d", maxIdentifier, len(c.Publication))}
 	}
 	return nil
 }

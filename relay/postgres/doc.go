@@ -10,6 +10,11 @@
 //     (package relay/replay publishes them). It holds no lease. OpenAdmin
 //     gives it a pool of its own; Store.Admin shares the store's.
 //
+// With Config.Source SourceLogical, the Store reads the table's inserts from
+// a replication slot instead (logical.go: the stream; logical_store.go: its
+// checks and names), in commit order, and records the commit LSN as its
+// position; SetUpLogical creates the publication and the slot.
+//
 // Migrate applies the schema. The SQL of each side is in one place:
 // queries.go for the port, admin_queries.go for the operator.
 //

@@ -72,7 +72,7 @@ func (s *Store) Acquire(ctx context.Context) (relay.Position, error) {
 func (s *Store) take(ctx context.Context, goneEpoch int64) (relay.Position, error) {
 	var epoch int64
 	var pos relay.Position
-	err := s.pool.QueryRow(ctx, s.q.acquire, s.key, s.replica, s.leaseTimeout.Milliseconds(), goneEpoch).Scan(&epoch, &pos.TxID, &pos.ID)
+	err := s.pool.QueryRow(ctx, s.q.acquire, s.key, s.replica, s.leaseTimeout.Milliseconds(), goneEpoch).Scan(&epoch, &pos.TxID, &pos.ID, &pos.LSN)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return relay.Position{}, err
 	}
@@ -102,6 +102,7 @@ func (s *Store) Renew(ctx context.Context, state string) error {
 		return fmt.Errorf("renew lease: %w", err)
 	}
 	if tag.RowsAffected() != 1 {
+		s.stopStream() // another replica reads the slot now
 		return relay.ErrLeaseLost
 	}
 	return nil
@@ -110,6 +111,7 @@ func (s *Store) Renew(ctx context.Context, state string) error {
 // Release implements relay.Store: it gives the lease up, so a standby can
 // take over at once after a clean stop.
 func (s *Store) Release(ctx context.Context) error {
+	s.stopStream()
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	if _, err := s.pool.Exec(ctx, s.q.release, s.key, s.epoch.Load(), s.replica); err != nil {

@@ -52,13 +52,9 @@ func (s *Store) Skipped(ctx context.Context, policy relay.DeadRows) (map[relay.A
 func (s *Store) RecordParked(ctx context.Context, pos relay.Position, park []relay.Parked, reported []int64) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, s.q.record, s.key, pos.TxID, pos.ID, s.epoch.Load())
-		if err != nil {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.record(ctx, tx, pos); err != nil {
 			return err
-		}
-		if tag.RowsAffected() != 1 {
-			return relay.ErrLeaseLost
 		}
 		b := &pgx.Batch{}
 		for _, p := range park {
@@ -70,6 +66,10 @@ func (s *Store) RecordParked(ctx context.Context, pos relay.Position, park []rel
 		}
 		return tx.SendBatch(ctx, b).Close()
 	})
+	if err == nil {
+		s.recorded(pos)
+	}
+	return err
 }
 
 // DueHeads implements relay.Parking.

@@ -1,6 +1,9 @@
 package postgres
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // queries holds the SQL of the relay's port (Store) for one outbox table;
 // the operator's SQL is in admin_queries.go. Transaction ids
@@ -18,8 +21,14 @@ type queries struct {
 	// position reads the recorded position (primary key lookup).
 	position string
 	// record stores a position, only under the current lease epoch
-	// (primary key update): a deposed replica's write matches no row.
+	// (primary key update): a deposed replica's write matches no row. The
+	// logical source's ($2 the commit LSN, $3 the row id) also moves the
+	// (txid, id) position, below which every row is published, by the
+	// sample it took at its last move (see logicalRecord).
 	record string
+	// recordIdle is the logical source's record of an idle position ($3
+	// 0), unless a later one is recorded.
+	recordIdle string
 	// acquire takes the lease if it is free or lapsed, or if it is still
 	// in term $4, whose holder is gone; it bumps the epoch and returns the
 	// epoch and the position.
@@ -46,13 +55,14 @@ type queries struct {
 
 // newQueries returns the queries of table t. lockKeys says whether it has
 // the lock_keys column; without it the read returns NULL in its place.
-func newQueries(t Table, lockKeys bool) queries {
+// logical selects the logical source's position queries.
+func newQueries(t Table, lockKeys, logical bool) queries {
 	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
 	lockCol := "NULL::text"
 	if lockKeys {
 		lockCol = "o.lock_keys"
 	}
-	return queries{
+	q := queries{
 		read: fmt.Sprintf(`
 SELECT %s, octet_length(o.payload), %s
   FROM %s o
@@ -73,7 +83,7 @@ UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interva
        state = 'publishing'
  WHERE outbox_table = $1
    AND (holder IS NULL OR lease_until IS NULL OR lease_until < now() OR epoch = $4)
-RETURNING epoch, txid, id`, pos),
+RETURNING epoch, txid, id, 0::bigint`, pos),
 		leaseHolder: fmt.Sprintf(`
 SELECT coalesce(holder, ''), coalesce(extract(epoch FROM lease_until - now()), 0)::float8, epoch
   FROM %s WHERE outbox_table = $1`, pos),
@@ -126,6 +136,33 @@ SELECT k.aggregate_type, k.aggregate_id, k.id, e.event_id::text
  WHERE k.outbox_table = $1 AND NOT k.gap_reported AND NOT %[3]s
  ORDER BY k.txid, k.id`, parked, outbox, holdingAs("k", "$2")),
 	}
+	if logical {
+		q.record, q.recordIdle = logicalRecord(pos), logicalRecord(pos)+" AND (p.lsn IS NULL OR p.lsn < x.lsn)"
+		q.acquire = strings.Replace(q.acquire, "RETURNING epoch, txid, id, 0::bigint",
+			"RETURNING epoch, '0'::xid8, coalesce(lsn_id, 0), coalesce((lsn - '0/0'::pg_lsn)::bigint, 0)", 1)
+	}
+	return q
+}
+
+// logicalRecord is the logical source's record in position table pos.
+// Rows come in commit order, not in (txid, id) order, so the (txid, id)
+// position, which retention and the poll source rely on, moves by
+// samples: each move notes the server's WAL insert location W and the xmin
+// X of its snapshot. Every transaction below X had finished, its commit
+// before W, so once a recorded commit LSN reaches W, every row below X is
+// published (or parked), and (X, 0) becomes the (txid, id) position; a new
+// sample is taken then.
+func logicalRecord(pos string) string {
+	return fmt.Sprintf(`
+UPDATE %s p
+   SET lsn = x.lsn, lsn_id = $3, updated_at = now(),
+       txid = CASE WHEN x.due AND p.lsn_sample_xmin > p.txid THEN p.lsn_sample_xmin ELSE p.txid END,
+       id = CASE WHEN x.due AND p.lsn_sample_xmin > p.txid THEN 0 ELSE p.id END,
+       lsn_sample = CASE WHEN x.fresh THEN pg_current_wal_insert_lsn() ELSE p.lsn_sample END,
+       lsn_sample_xmin = CASE WHEN x.fresh THEN pg_snapshot_xmin(pg_current_snapshot()) ELSE p.lsn_sample_xmin END
+  FROM (SELECT l.lsn, s.lsn_sample <= l.lsn AS due, s.lsn_sample IS NULL OR s.lsn_sample <= l.lsn AS fresh
+          FROM (SELECT '0/0'::pg_lsn + $2::numeric AS lsn) l, %s s WHERE s.outbox_table = $1) x
+ WHERE p.outbox_table = $1 AND p.epoch = $4`, pos, pos)
 }
 
 // holding is the condition that an outbox_relay_parked row holds its

@@ -26,6 +26,19 @@ type Status struct {
 	LeaseRemainingSeconds   float64   `json:"lease_remaining_seconds"` // until the lease lapses; negative once lapsed
 	Epoch                   int64     `json:"epoch"`                   // lease epoch (fencing token)
 	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
+	Slot                    *Slot     `json:"slot,omitempty"` // the logical source's
+}
+
+// Slot is the logical source's replication slot.
+type Slot struct {
+	Name         string `json:"name"`
+	Exists       bool   `json:"exists"`
+	Active       bool   `json:"active"`        // a relay reads it now
+	ConfirmedLSN string `json:"confirmed_lsn"` // what the relay confirmed last
+	// RetainedWALBytes is the WAL the server keeps for the slot: what a
+	// relay that is down or stuck costs the server's disk.
+	RetainedWALBytes int64  `json:"retained_wal_bytes"`
+	WALStatus        string `json:"wal_status"` // reserved, extended, unreserved or lost
 }
 
 // Xact is the oldest running (or prepared) transaction that holds a
@@ -63,6 +76,11 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 	if err := a.pool.QueryRow(ctx, a.q.deadCount, key).Scan(&st.Dead, &st.Parked, &st.DeadAggregates); err != nil {
 		return Status{}, fmt.Errorf("count dead rows: %w", err)
 	}
+	if a.logical {
+		if st.Slot, err = a.slotStatus(ctx, key); err != nil {
+			return Status{}, err
+		}
+	}
 	var x Xact
 	err = a.pool.QueryRow(ctx, a.q.blocker).Scan(&x.PID, &x.Database, &x.AgeSeconds, &x.Prepared)
 	switch {
@@ -73,4 +91,22 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		st.OldestXact = &x
 	}
 	return st, nil
+}
+
+// slotStatus describes the logical source's slot of the outbox key.
+func (a *Admin) slotStatus(ctx context.Context, key string) (*Slot, error) {
+	slot, _ := logicalNames(a.slot, "", a.pool.Config().ConnConfig.Database, key)
+	sl := &Slot{Name: slot}
+	err := a.pool.QueryRow(ctx, `
+SELECT active, coalesce(confirmed_flush_lsn::text, ''),
+       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, coalesce(wal_status, '')
+  FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&sl.Active, &sl.ConfirmedLSN, &sl.RetainedWALBytes, &sl.WALStatus)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return sl, nil
+	case err != nil:
+		return nil, fmt.Errorf("read replication slot %s: %w", slot, err)
+	}
+	sl.Exists = true
+	return sl, nil
 }

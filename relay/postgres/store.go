@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -44,6 +45,13 @@ type Store struct {
 	// checkLocks is set by Start when the table records ordering locks
 	// and the server's aggregate keys agree with relay.Aggregate.Key.
 	checkLocks bool
+
+	// The logical source (logical_store.go): Start sets stream, which
+	// reads the slot.
+	source            Source
+	slot, publication string
+	stream            *stream
+	wake              chan struct{} // the stream's: a value when rows came
 }
 
 var _ relay.Store = (*Store)(nil)
@@ -67,15 +75,21 @@ func Open(cfg Config) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Store{pool: pool, table: cfg.Table, q: newQueries(cfg.Table, false), replica: replica, leaseTimeout: lease, log: log,
+	var wake chan struct{}
+	if cfg.Source == SourceLogical {
+		wake = make(chan struct{}, 1)
+	}
+	return &Store{wake: wake, pool: pool, table: cfg.Table, q: newQueries(cfg.Table, false, false), source: cfg.Source, slot: cfg.Slot, publication: cfg.Publication, replica: replica, leaseTimeout: lease, log: log,
 		connConfig: pc.ConnConfig, life: life, stop: stop}, nil
 }
 
 // Replica returns this replica's name, as the lease and status show it.
 func (s *Store) Replica() string { return s.replica }
 
-// Close ends the identity session and closes the pool.
+// Close ends the logical stream and the identity session, and closes the
+// pool.
 func (s *Store) Close() {
+	s.stopStream()
 	s.stop()
 	s.closeIdentity()
 	s.pool.Close()
@@ -96,7 +110,7 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 	if s.checkLocks, err = s.canCheckLocks(ctx, lockKeys); err != nil {
 		return relay.Position{}, err
 	}
-	s.q = newQueries(s.table, s.checkLocks)
+	s.q = newQueries(s.table, s.checkLocks, s.source == SourceLogical)
 	if _, err := s.pool.Exec(ctx, s.q.ensurePosition, key); err != nil {
 		return relay.Position{}, fmt.Errorf("create position row: %w", err)
 	}
@@ -114,6 +128,9 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 			"this database was restored or copied. Rows would be skipped, so the relay will not start. "+
 			"Renumber the rows and reset the position (docs/operations.md, \"After a restore or a logical copy\")",
 			relay.ErrPositionAhead, next, pos, maxTxid)
+	}
+	if s.source == SourceLogical {
+		return s.startLogical(ctx, pos)
 	}
 	return pos, nil
 }
@@ -162,6 +179,9 @@ func (s *Store) position(ctx context.Context) (relay.Position, error) {
 // the core asks for fewer rows next time (a bound in the query itself, a
 // running sum, made the read a quarter slower).
 func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
+	if s.stream != nil {
+		return s.stream.read(ctx, after, b)
+	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	rows, err := s.pool.Query(ctx, s.q.read, after.TxID, after.ID, b.Rows, b.MaxPayload)
@@ -194,7 +214,26 @@ func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) (
 func (s *Store) Record(ctx context.Context, pos relay.Position) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, s.q.record, s.key, pos.TxID, pos.ID, s.epoch.Load())
+	if err := s.record(ctx, s.pool, pos); err != nil {
+		return err
+	}
+	s.recorded(pos)
+	return nil
+}
+
+// execer runs a statement: the pool, or a transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// record writes pos under the lease's epoch: the poll source's (txid, id),
+// or the logical source's commit LSN and id.
+func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error {
+	first := any(pos.TxID)
+	if s.stream != nil {
+		first = pos.LSN
+	}
+	tag, err := db.Exec(ctx, s.q.record, s.key, first, pos.ID, s.epoch.Load())
 	if err != nil {
 		return err
 	}
@@ -202,4 +241,18 @@ func (s *Store) Record(ctx context.Context, pos relay.Position) error {
 		return relay.ErrLeaseLost // another replica took the lease (or the row was removed)
 	}
 	return nil
+}
+
+// recorded tells the logical stream, if any, that pos is recorded.
+func (s *Store) recorded(pos relay.Position) {
+	if s.stream != nil {
+		s.stream.recordedAt(pos)
+	}
+}
+
+// stopStream ends the logical stream's session, if any, freeing the slot.
+func (s *Store) stopStream() {
+	if s.stream != nil {
+		s.stream.stop()
+	}
 }

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/internal/testenv"
+	"github.com/outboxrelay/outboxrelay/relay/postgres"
+)
+
+// bothSources runs an end-to-end test once for each source (RELAY_SOURCE):
+// what the product promises holds for both.
+func bothSources(t *testing.T, test func(t *testing.T, source string)) {
+	t.Parallel()
+	for _, source := range []string{"poll", "logical"} {
+		t.Run(source, func(t *testing.T) { test(t, source) })
+	}
+}
+
+// useSource sets the rig's relays up to read from source. For logical it
+// runs outbox-relay migrate, which creates the publication and the slot,
+// before any row is written.
+func (r *rig) useSource(t *testing.T, source string) {
+	t.Helper()
+	if source == "poll" {
+		return
+	}
+	var level string
+	if err := r.pool.QueryRow(context.Background(), `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
+		t.Fatal(err)
+	}
+	if level != "logical" {
+		t.Skipf("the test server has wal_level = %s; the logical source needs logical (scripts/servers.sh starts one so)", level)
+	}
+	r.env = append(r.env, "RELAY_SOURCE="+source)
+	if code, out := runCmd(t, r.env, "migrate"); code != 0 || !strings.Contains(out, "replication slot") {
+		t.Fatalf("migrate with RELAY_SOURCE=%s: exit %d: %s", source, code, out)
+	}
+}
+
+// TestLogicalSourceKeepsCommitOrderWithoutLocks: the contended writers of
+// TestContendedWritersKeepCommitOrder, without outbox_lock (which the poll
+// source needs, and -order.unlocked shows it breaking without), and with
+// a transaction held open in another database all along, which holds the
+// poll source back: the logical source delivers every event in commit
+// order, exactly once, while the transaction stays open.
+func TestLogicalSourceKeepsCommitOrderWithoutLocks(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.useSource(t, "logical")
+	ctx := context.Background()
+	other, err := pgx.Connect(ctx, testenv.EmptyDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	open, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Rollback(ctx)
+	if _, err := open.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr))
+	r.contend(t, 16, false, false)
+	time.Sleep(*orderDuration / 2)
+	r.stopWrites()
+	r.drained(t) // with the other transaction still open
+	var stillOpen bool
+	if err := open.QueryRow(ctx, `SELECT true`).Scan(&stillOpen); err != nil || !stillOpen {
+		t.Fatalf("the other database's transaction ended early: %v", err)
+	}
+	stopClean(t, p)
+	rep := r.check(t, 0)
+	t.Logf("logical, no outbox_lock, a transaction open elsewhere: %d events, %d out of commit order", rep.Committed, rep.OrderViolations)
+
+	// status shows the slot, free now, and what it retains.
+	code, out := runCmd(t, r.env, "status", "--json")
+	var st postgres.Status
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Slot == nil {
+		t.Fatalf("status --json: exit %d: %s", code, out)
+	}
+	if sl := st.Slot; !sl.Exists || sl.Active || sl.ConfirmedLSN == "" || sl.RetainedWALBytes <= 0 || sl.WALStatus == "" {
+		t.Errorf("status shows the slot as %+v, want it existing, not read, with a confirmed LSN and the WAL it retains", *sl)
+	}
+}
+
+// TestLogicalSourceNotSetUp: a relay told to read a slot that does not
+// exist stops with exit code 2 and says what to run.
+func TestLogicalSourceNotSetUp(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	var level string
+	if err := r.pool.QueryRow(context.Background(), `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, append(r.env, "RELAY_SOURCE=logical"))
+	code := p.wait(30 * time.Second)
+	want := "does not exist: run outbox-relay migrate with RELAY_SOURCE=logical"
+	if level != "logical" {
+		want = "wal_level is " + level
+	}
+	if code != 2 || !strings.Contains(p.log(), want) {
+		t.Fatalf("exit %d, want 2 and %q in:\n%s", code, want, p.log())
+	}
+}

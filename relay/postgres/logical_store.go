@@ -1,0 +1,178 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// maxIdentifier is the longest name PostgreSQL keeps (NAMEDATALEN - 1).
+const maxIdentifier = 63
+
+// DefaultSlot names the logical source's replication slot for the outbox
+// key (schema.name) of database db: slots are named across the whole
+// server, so the name holds both, and two services sharing a server never
+// share a slot by accident. Letters are lower-cased, anything but letters,
+// digits and underscores becomes an underscore, and a name too long for
+// PostgreSQL is cut and ends in a hash of the whole.
+func DefaultSlot(db, key string) string { return identifier("outbox_relay_" + db + "_" + key) }
+
+// DefaultPublication names the publication of the outbox key
+// (schema.name); publications are named per database.
+func DefaultPublication(key string) string { return identifier("outbox_relay_" + key) }
+
+func identifier(s string) string {
+	b := []byte(strings.ToLower(s))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	if len(b) <= maxIdentifier {
+		return string(b)
+	}
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return fmt.Sprintf("%s_%08x", b[:maxIdentifier-9], h.Sum32())
+}
+
+// validSlot reports whether PostgreSQL accepts name as a slot's.
+func validSlot(name string) bool {
+	return name != "" && len(name) <= maxIdentifier && identifier(name) == name
+}
+
+// logicalNames returns the slot and publication of cfg's outbox key in
+// database db, the defaults where cfg names none.
+func logicalNames(slot, publication, db, key string) (string, string) {
+	if slot == "" {
+		slot = DefaultSlot(db, key)
+	}
+	if publication == "" {
+		publication = DefaultPublication(key)
+	}
+	return slot, publication
+}
+
+// startLogical checks that the server can feed the logical source, and
+// returns its recorded position. fence is the (txid, id) position: every
+// row at or before it is published.
+func (s *Store) startLogical(ctx context.Context, fence relay.Position) (relay.Position, error) {
+	slot, pub := logicalNames(s.slot, s.publication, s.connConfig.Database, s.key)
+	if err := checkLogical(ctx, s.pool, slot, pub, s.key); err != nil {
+		return relay.Position{}, err
+	}
+	var pos relay.Position
+	var recorded bool
+	var from *uint64
+	err := s.pool.QueryRow(ctx, fmt.Sprintf(`
+SELECT coalesce(lsn_id, 0), coalesce((lsn - '0/0'::pg_lsn)::bigint, 0), lsn IS NOT NULL, logical_from
+  FROM %s WHERE outbox_table = $1`, s.table.sibling("outbox_relay_position")), s.key).Scan(&pos.ID, &pos.LSN, &recorded, &from)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "42703": // undefined_column: made by an earlier version
+		return relay.Position{}, fmt.Errorf("%w: the position table has no logical position yet: run outbox-relay migrate with RELAY_SOURCE=logical", relay.ErrNotSetUp)
+	case err != nil:
+		return relay.Position{}, fmt.Errorf("read logical position: %w", err)
+	case from == nil:
+		return relay.Position{}, fmt.Errorf("%w: slot %s was not set up by outbox-relay migrate, so the relay cannot tell which rows it lacks: run outbox-relay migrate with RELAY_SOURCE=logical", relay.ErrNotSetUp, slot)
+	}
+	if !recorded {
+		// The first start on this slot: rows committed before it was
+		// created are not in it, and must be published already.
+		var before int64
+		if err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s WHERE (txid, id) > ($1::xid8, $2::bigint) AND txid < $3::xid8`, s.table.sql()),
+			fence.TxID, fence.ID, *from).Scan(&before); err != nil {
+			return relay.Position{}, fmt.Errorf("count rows older than slot %s: %w", slot, err)
+		}
+		if before > 0 {
+			return relay.Position{}, fmt.Errorf("%w: %d rows were committed before slot %s was created and are not published yet, so they are not in it; "+
+				"publish them with RELAY_SOURCE=poll first (docs/operations.md, \"Switching to the logical source\")", relay.ErrNotSetUp, before, slot)
+		}
+	}
+	if s.stream == nil {
+		s.stream = newStream(&s.connConfig.Config, slot, pub, s.key, s.log, s.wake,
+			func(ctx context.Context) error { return endSlotSession(ctx, s.pool, slot) }, s.recordIdle)
+	}
+	s.stream.setFence(fence)
+	return pos, nil
+}
+
+// recordIdle records lsn, with no row, as the logical position unless a
+// later one is recorded; fenced by the lease like Record.
+func (s *Store) recordIdle(ctx context.Context, lsn uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	_, err := s.pool.Exec(ctx, s.q.recordIdle, s.key, lsn, 0, s.epoch.Load())
+	return err
+}
+
+// checkLogical checks the server's wal_level, the slot and the publication.
+func checkLogical(ctx context.Context, pool *pgxpool.Pool, slot, pub, key string) error {
+	var level string
+	if err := pool.QueryRow(ctx, `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
+		return fmt.Errorf("read wal_level: %w", err)
+	}
+	if level != "logical" {
+		return fmt.Errorf("%w: wal_level is %s, and RELAY_SOURCE=logical needs wal_level = logical (set it in postgresql.conf and restart the server), or use RELAY_SOURCE=poll",
+			relay.ErrNotSetUp, level)
+	}
+	var plugin, status string
+	var here bool
+	err := pool.QueryRow(ctx, `
+SELECT coalesce(plugin, ''), database IS NOT DISTINCT FROM current_database(), coalesce(wal_status, '')
+  FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &here, &status)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("%w: replication slot %s does not exist: run outbox-relay migrate with RELAY_SOURCE=logical", relay.ErrNotSetUp, slot)
+	case err != nil:
+		return fmt.Errorf("read replication slot %s: %w", slot, err)
+	case plugin != "pgoutput" || !here:
+		return fmt.Errorf("%w: replication slot %s is not a pgoutput slot of this database (plugin %q): name another with RELAY_SLOT", relay.ErrNotSetUp, slot, plugin)
+	case status == "lost":
+		return fmt.Errorf("%w: the server invalidated replication slot %s (it retained more WAL than max_slot_wal_keep_size allows): "+
+			"the changes since its confirmed LSN are gone; recover as docs/operations.md says (\"A lost replication slot\")", relay.ErrNotSetUp, slot)
+	}
+	var published bool
+	if err := pool.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM pg_publication p JOIN pg_publication_tables t ON t.pubname = p.pubname
+                WHERE p.pubname = $1 AND p.pubinsert AND t.schemaname || '.' || t.tablename = $2)`, pub, key).Scan(&published); err != nil {
+		return fmt.Errorf("read publication %s: %w", pub, err)
+	}
+	if !published {
+		return fmt.Errorf("%w: publication %s does not publish the inserts of %s: run outbox-relay migrate with RELAY_SOURCE=logical", relay.ErrNotSetUp, pub, key)
+	}
+	return nil
+}
+
+// endSlotSession ends the server session that holds slot, and waits until
+// the slot is free.
+func endSlotSession(ctx context.Context, pool *pgxpool.Pool, slot string) error {
+	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var active bool
+		if err := pool.QueryRow(ctx, `SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active); err != nil {
+			return err
+		}
+		if !active {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the slot is still active 10 s after its session was ended")
+		}
+	}
+}
+
+// Wake returns a channel with a value whenever the logical source has new
+// rows, for relay.Config.Wake; nil for the poll source.
+func (s *Store) Wake() <-chan struct{} { return s.wake }
