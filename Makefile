@@ -51,16 +51,18 @@ bench:
 		-bench.only='$(BENCH_ONLY)' $(if $(filter 1,$(BENCH_LONG)),-bench.long)
 
 
-# chaos runs the chaos test for CHAOS_DURATION with CHAOS_REPLICAS relays
-# (make test runs it for 40s with two): writers, relays and a consumer on
+# chaos runs the chaos test for CHAOS_DURATION with CHAOS_REPLICAS relays,
+# once per source in CHAOS_SOURCES (make test runs it for 40s with two
+# relays, for both sources): writers, relays and a consumer on
 # servers of its own while faults
 # are injected one after another; it prints the fault counts and the
 # verdict (lost, unexpected, order, duplicates).
 CHAOS_DURATION ?= 10m
 CHAOS_REPLICAS ?= 3
+CHAOS_SOURCES  ?= poll,logical
 chaos:
 	$(GO) test -race -count=1 -timeout 0 -run '^TestChaos$$' -v ./cmd/outbox-relay/ \
-		-chaos.duration=$(CHAOS_DURATION) -chaos.replicas=$(CHAOS_REPLICAS)
+		-chaos.duration=$(CHAOS_DURATION) -chaos.replicas=$(CHAOS_REPLICAS) -chaos.sources=$(CHAOS_SOURCES)
 
 vet:
 	$(GO) vet $(PKGS)

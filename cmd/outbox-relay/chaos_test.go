@@ -23,6 +23,7 @@ var (
 	chaosDuration = flag.Duration("chaos.duration", 40*time.Second,
 		"how long TestChaos injects faults (make chaos runs it for longer)")
 	chaosReplicas = flag.Int("chaos.replicas", 2, "how many relay replicas TestChaos runs (1 to 3)")
+	chaosSources  = flag.String("chaos.sources", "poll,logical", "the sources (RELAY_SOURCE) TestChaos runs with, one after the other")
 )
 
 // TestChaos runs writers (with rollbacks, and 8 connections sharing 4 hot
@@ -38,6 +39,12 @@ var (
 // order intact, duplicates within one in-flight window per fault.
 func TestChaos(t *testing.T) {
 	t.Parallel()
+	for _, source := range strings.Split(*chaosSources, ",") {
+		t.Run(source, func(t *testing.T) { chaos(t, source) })
+	}
+}
+
+func chaos(t *testing.T, source string) {
 	const lease = 2 * time.Second
 	pg := testenv.NewPostgresServer(t)
 	node := testenv.NewRabbitServer(t)
@@ -49,6 +56,7 @@ func TestChaos(t *testing.T) {
 	consumerURL := strings.Replace(node.URL, "guest:guest", "consumer:consumer", 1)
 	gaps := &gapMeter{}
 	r := newRigOnNode(t, db, node.URL, consumerURL, gaps.tick, "RELAY_LEASE_TIMEOUT="+lease.String())
+	r.useSource(t, source)
 	r.writeThrough(t, 6, true)
 	r.contend(t, 8, true, true) // hot aggregates shared by concurrent writers
 
