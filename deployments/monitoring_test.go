@@ -33,6 +33,7 @@ var relayMetrics = map[string]string{
 	"outbox_relay_database_up":                  "gauge",
 	"outbox_relay_broker_up":                    "gauge",
 	"outbox_relay_holdup_age_seconds":           "gauge",
+	"outbox_relay_slot_retained_wal_bytes":      "gauge",
 	"outbox_relay_retention_deleted_rows_total": "counter",
 	"outbox_relay_unlocked_rows_total":          "counter",
 	"outbox_relay_skipped_rows_total":           "counter",
@@ -42,7 +43,7 @@ var relayMetrics = map[string]string{
 // never one alert per replica.
 var sharedGauges = []string{
 	"outbox_relay_dead_rows", "outbox_relay_parked_rows", "outbox_relay_pending_rows",
-	"outbox_relay_oldest_pending_age_seconds", "outbox_relay_holdup_age_seconds",
+	"outbox_relay_oldest_pending_age_seconds", "outbox_relay_holdup_age_seconds", "outbox_relay_slot_retained_wal_bytes",
 }
 
 // knownSeries reports whether a series name in a query exists: a relay
@@ -210,7 +211,7 @@ func TestAlerts(t *testing.T) {
 	// down, long holdups.
 	for _, m := range []string{"outbox_relay_oldest_pending_age_seconds", "outbox_relay_dead_rows", "outbox_relay_pending_rows",
 		"outbox_relay_rows_published_total", "outbox_relay_leader", "outbox_relay_broker_blocked", "outbox_relay_broker_up",
-		"outbox_relay_database_up", "up", "outbox_relay_holdup_age_seconds"} {
+		"outbox_relay_database_up", "up", "outbox_relay_holdup_age_seconds", "outbox_relay_slot_retained_wal_bytes"} {
 		if !covered[m] {
 			t.Errorf("no alert on %s", m)
 		}

@@ -127,8 +127,11 @@ func (m *Main) open(storeCfg postgres.Config, brokerCfg rabbitmq.Config, relayCf
 	if m.broker, err = rabbitmq.New(brokerCfg); err != nil {
 		return fmt.Errorf("open broker: %w", err)
 	}
-	if m.listener, err = postgres.NewListener(postgres.ListenerConfig{URL: storeCfg.URL, Logger: m.log}); err != nil {
-		return fmt.Errorf("create listener: %w", err)
+	logical := storeCfg.Source == postgres.SourceLogical
+	if !logical { // the logical source wakes the relay itself
+		if m.listener, err = postgres.NewListener(postgres.ListenerConfig{URL: storeCfg.URL, Logger: m.log}); err != nil {
+			return fmt.Errorf("create listener: %w", err)
+		}
 	}
 	m.metrics = metrics.New(m.broker.Connected)
 	// One log line when a long transaction has held rows back for 10 s
@@ -143,11 +146,14 @@ func (m *Main) open(storeCfg postgres.Config, brokerCfg rabbitmq.Config, relayCf
 	if err != nil {
 		return fmt.Errorf("create retention: %w", err)
 	}
-	m.sampler = newSampler(m.store.Admin(), m.metrics, samplerConfig{})
-	relayCfg.Wake = m.listener.C()
-	if m.env.Source == string(postgres.SourceLogical) {
+	samplerCfg := samplerConfig{}
+	if logical {
 		relayCfg.Wake = m.store.Wake() // the slot's rows, as they come
+		samplerCfg.Unrecorded = m.store.Unrecorded
+	} else {
+		relayCfg.Wake = m.listener.C()
 	}
+	m.sampler = newSampler(m.store.Admin(), m.metrics, samplerCfg)
 	relayCfg.Logger = m.log
 	relayCfg.Observer = m.metrics
 	if m.relay, err = relay.New(relayCfg, m.store, m.broker); err != nil {
@@ -167,7 +173,9 @@ func (m *Main) Run(ctx context.Context) error {
 	defer wg.Wait()
 	lctx, stopServices := context.WithCancel(ctx)
 	defer stopServices()
-	wg.Go(func() { m.listener.Run(lctx) })
+	if m.listener != nil {
+		wg.Go(func() { m.listener.Run(lctx) })
+	}
 	wg.Go(func() { m.holdUps.Run(lctx) })
 	wg.Go(func() { m.retention.Run(lctx) })
 

@@ -20,6 +20,9 @@ type samplerConfig struct {
 	// Interval is the time between samples, and bounds each read. Zero
 	// means sampleEvery.
 	Interval time.Duration
+	// Unrecorded, set for the logical source, counts the rows this
+	// replica received and has not recorded (postgres.Store.Unrecorded).
+	Unrecorded func() (int, time.Time)
 }
 
 // sampler reads the outbox's state (pending, parked and dead rows, lag,
@@ -71,6 +74,21 @@ func (s *sampler) runOnce(ctx context.Context) *metrics.Sample {
 		OldestPendingAgeSeconds: st.OldestPendingAgeSeconds}
 	if x != nil {
 		sample.HoldupAgeSeconds = x.AgeSeconds
+	}
+	if s.cfg.Unrecorded != nil {
+		// The logical source: the table cannot tell which rows after the
+		// (txid, id) position are published (they come in commit order),
+		// and an open transaction holds nothing back. Pending is what
+		// this replica received and has not recorded; the slot's size
+		// tells what waits in it.
+		n, oldest := s.cfg.Unrecorded()
+		sample.Pending, sample.OldestPendingAgeSeconds, sample.HoldupAgeSeconds = int64(n), 0, 0
+		if n > 0 {
+			sample.OldestPendingAgeSeconds = max(0, time.Since(oldest).Seconds())
+		}
+		if st.Slot != nil {
+			sample.SlotRetainedWALBytes = st.Slot.RetainedWALBytes
+		}
 	}
 	return sample
 }

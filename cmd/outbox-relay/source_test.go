@@ -73,6 +73,13 @@ func TestLogicalSourceKeepsCommitOrderWithoutLocks(t *testing.T) {
 	time.Sleep(*orderDuration / 2)
 	r.stopWrites()
 	r.drained(t) // with the other transaction still open
+	// The metrics agree: nothing pending, nothing held back, and the slot
+	// retains some WAL; the table alone (status) would count every row
+	// after the open transaction began as pending.
+	eventually(t, "pending 0 and no hold-up in the metrics", func() bool {
+		return metric(addr, "outbox_relay_pending_rows") == 0 && metric(addr, "outbox_relay_holdup_age_seconds") == 0 &&
+			metric(addr, "outbox_relay_slot_retained_wal_bytes") > 0
+	})
 	var stillOpen bool
 	if err := open.QueryRow(ctx, `SELECT true`).Scan(&stillOpen); err != nil || !stillOpen {
 		t.Fatalf("the other database's transaction ended early: %v", err)

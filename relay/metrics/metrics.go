@@ -37,6 +37,7 @@ type Metrics struct {
 	parked           prometheus.Gauge
 	dead             prometheus.Gauge
 	holdupAge        prometheus.Gauge
+	slotWAL          prometheus.Gauge
 	retentionDeleted prometheus.Counter
 	unlocked         prometheus.Counter
 	skipped          prometheus.Counter
@@ -87,6 +88,8 @@ func New(brokerUp func() bool) *Metrics {
 	m.dead = gauge("dead_rows", "Rows that failed every attempt; their aggregates wait (see outbox-relay dead).")
 	m.holdupAge = gauge("holdup_age_seconds",
 		"Age of the oldest transaction holding committed rows back from publishing; 0 when none does.")
+	m.slotWAL = gauge("slot_retained_wal_bytes",
+		"WAL the server keeps for the logical source's replication slot (RELAY_SOURCE=logical): what a relay that is down or behind costs the server's disk. 0 for the poll source.")
 	m.retentionDeleted = f.NewCounter(prometheus.CounterOpts{Name: "retention_deleted_rows_total",
 		Help: "Published rows deleted by retention."})
 	m.unlocked = f.NewCounter(prometheus.CounterOpts{Name: "unlocked_rows_total",
@@ -109,6 +112,7 @@ type Sample struct {
 	Pending, Parked, Dead   int64
 	OldestPendingAgeSeconds float64
 	HoldupAgeSeconds        float64 // 0 when no transaction holds rows back
+	SlotRetainedWALBytes    int64   // the logical source's slot; 0 without one
 }
 
 // Observe records a sample of the outbox's state; a nil sample means the
@@ -130,6 +134,7 @@ func (m *Metrics) Observe(s *Sample) {
 	m.parked.Set(float64(s.Parked))
 	m.dead.Set(float64(s.Dead))
 	m.holdupAge.Set(s.HoldupAgeSeconds)
+	m.slotWAL.Set(float64(s.SlotRetainedWALBytes))
 }
 
 // RetentionDeleted counts rows deleted by retention.

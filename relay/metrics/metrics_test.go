@@ -36,7 +36,7 @@ func TestExportsEveryMetric(t *testing.T) {
 	m.Failed(relay.FailureRejected)
 	m.Failed(relay.FailureRejected)
 	m.Blocked(true)
-	m.Observe(&Sample{Pending: 7, Parked: 2, Dead: 1, OldestPendingAgeSeconds: 12.5, HoldupAgeSeconds: 30})
+	m.Observe(&Sample{Pending: 7, Parked: 2, Dead: 1, OldestPendingAgeSeconds: 12.5, HoldupAgeSeconds: 30, SlotRetainedWALBytes: 4096})
 	m.RetentionDeleted(1000)
 	text := scrape(t, m)
 	for _, want := range []string{
@@ -54,6 +54,7 @@ func TestExportsEveryMetric(t *testing.T) {
 		"outbox_relay_parked_rows 2",
 		"outbox_relay_dead_rows 1",
 		"outbox_relay_holdup_age_seconds 30",
+		"outbox_relay_slot_retained_wal_bytes 4096",
 		"outbox_relay_retention_deleted_rows_total 1000",
 		"go_goroutines",
 		"process_resident_memory_bytes",

@@ -55,6 +55,14 @@ type stream struct {
 	fence    relay.Position // rows at or before it (txid, id) are published
 	room     chan struct{}  // a value when Read took rows
 	failure  error          // why the session ended, for the next Read
+	// unrecorded lists the rows the session received and the relay has
+	// not recorded yet, in stream order: what is pending for this source.
+	unrecorded []pendingRow
+}
+
+type pendingRow struct {
+	pos     relay.Position
+	created time.Time
 }
 
 // session is one replication connection, from START_REPLICATION to its end.
@@ -123,7 +131,7 @@ func (s *stream) restart(pos relay.Position) {
 	sess := &session{cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
 	s.sess, s.handed, s.recorded = sess, pos, pos
-	s.queue, s.queued, s.failure = nil, 0, nil
+	s.queue, s.queued, s.failure, s.unrecorded = nil, 0, nil, nil
 	s.mu.Unlock()
 	go func() {
 		defer close(sess.done)
@@ -161,6 +169,29 @@ func (s *stream) recordedAt(pos relay.Position) {
 	if pos.LSN >= s.recorded.LSN {
 		s.recorded = pos
 	}
+	// The rows up to pos are recorded: those of earlier commits, and of
+	// its own up to its row.
+	n := 0
+	for i, r := range s.unrecorded {
+		if r.pos.LSN > pos.LSN {
+			break
+		}
+		if r.pos.LSN < pos.LSN || r.pos == pos {
+			n = i + 1
+		}
+	}
+	s.unrecorded = append(s.unrecorded[:0], s.unrecorded[n:]...)
+}
+
+// pending returns how many rows the session received that are not
+// recorded, and when the oldest of them was created.
+func (s *stream) pending() (int, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.unrecorded) == 0 {
+		return 0, time.Time{}
+	}
+	return len(s.unrecorded), s.unrecorded[0].created
 }
 
 // setFence sets the (txid, id) below which every row is published.
@@ -365,6 +396,7 @@ func (s *stream) push(row relay.Row) {
 	s.mu.Lock()
 	s.queue = append(s.queue, row)
 	s.queued += row.Size()
+	s.unrecorded = append(s.unrecorded, pendingRow{row.Position(), row.CreatedAt})
 	s.mu.Unlock()
 	signal(s.wake)
 }

@@ -98,11 +98,13 @@ SELECT coalesce(lsn_id, 0), coalesce((lsn - '0/0'::pg_lsn)::bigint, 0), lsn IS N
 				"publish them with RELAY_SOURCE=poll first (docs/operations.md, \"Switching to the logical source\")", relay.ErrNotSetUp, before, slot)
 		}
 	}
-	if s.stream == nil {
-		s.stream = newStream(&s.connConfig.Config, slot, pub, s.key, s.log, s.wake,
+	st := s.stream.Load()
+	if st == nil {
+		st = newStream(&s.connConfig.Config, slot, pub, s.key, s.log, s.wake,
 			func(ctx context.Context) error { return endSlotSession(ctx, s.pool, slot) }, s.recordIdle)
+		s.stream.Store(st)
 	}
-	s.stream.setFence(fence)
+	st.setFence(fence)
 	return pos, nil
 }
 
@@ -171,6 +173,18 @@ func endSlotSession(ctx context.Context, pool *pgxpool.Pool, slot string) error 
 			return errors.New("the slot is still active 10 s after its session was ended")
 		}
 	}
+}
+
+// Unrecorded returns, for the logical source, how many rows this replica
+// received from the slot and has not recorded, and when the oldest of them
+// was created: the rows pending, as far as the leader can tell (the rest
+// wait in the slot, whose size status shows). It returns 0 for the poll
+// source and for a standby.
+func (s *Store) Unrecorded() (int, time.Time) {
+	if st := s.stream.Load(); st != nil {
+		return st.pending()
+	}
+	return 0, time.Time{}
 }
 
 // Wake returns a channel with a value whenever the logical source has new

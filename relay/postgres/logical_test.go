@@ -192,6 +192,9 @@ func TestLogicalReplaysFromTheRecordedRow(t *testing.T) {
 	if err := s.Record(ctx, rows[2].Position()); err != nil {
 		t.Fatal(err)
 	}
+	if n, oldest := s.Unrecorded(); n != 3 || !oldest.Equal(rows[3].CreatedAt) {
+		t.Errorf("Unrecorded = %d, %s; want the 3 rows after the recorded one, the oldest created %s", n, oldest, rows[3].CreatedAt)
+	}
 	s.Close()
 	s2, pos2 := openLogical(t, Config{URL: b.url, Table: Table{Name: "outbox"}, Source: SourceLogical, LeaseTimeout: time.Minute, Replica: "second"})
 	if pos2.LSN != rows[2].LSN || pos2.ID != rows[2].ID {

@@ -50,7 +50,7 @@ type Store struct {
 	// reads the slot.
 	source            Source
 	slot, publication string
-	stream            *stream
+	stream            atomic.Pointer[stream]
 	wake              chan struct{} // the stream's: a value when rows came
 }
 
@@ -179,8 +179,8 @@ func (s *Store) position(ctx context.Context) (relay.Position, error) {
 // the core asks for fewer rows next time (a bound in the query itself, a
 // running sum, made the read a quarter slower).
 func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
-	if s.stream != nil {
-		return s.stream.read(ctx, after, b)
+	if st := s.stream.Load(); st != nil {
+		return st.read(ctx, after, b)
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
@@ -230,7 +230,7 @@ type execer interface {
 // or the logical source's commit LSN and id.
 func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error {
 	first := any(pos.TxID)
-	if s.stream != nil {
+	if s.stream.Load() != nil {
 		first = pos.LSN
 	}
 	tag, err := db.Exec(ctx, s.q.record, s.key, first, pos.ID, s.epoch.Load())
@@ -245,14 +245,14 @@ func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error
 
 // recorded tells the logical stream, if any, that pos is recorded.
 func (s *Store) recorded(pos relay.Position) {
-	if s.stream != nil {
-		s.stream.recordedAt(pos)
+	if st := s.stream.Load(); st != nil {
+		st.recordedAt(pos)
 	}
 }
 
 // stopStream ends the logical stream's session, if any, freeing the slot.
 func (s *Store) stopStream() {
-	if s.stream != nil {
-		s.stream.stop()
+	if st := s.stream.Load(); st != nil {
+		st.stop()
 	}
 }
