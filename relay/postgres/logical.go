@@ -212,6 +212,7 @@ type decoding struct {
 	decoded   uint64 // the server's decoding is known complete up to here
 	confirmed uint64 // the last LSN confirmed to the server
 	idleAt    uint64 // the last LSN recorded while idle
+	fence     relay.Position
 }
 
 // run receives the slot's changes from pos until ctx ends or the
@@ -222,14 +223,30 @@ func (s *stream) run(ctx context.Context, pos relay.Position) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	d := &decoding{from: pos, skipping: pos.LSN != 0 && pos.ID != 0, relations: map[uint32]*columns{}, last: pos}
+	// Reads wait until the next standby update is due, or until ctx ends:
+	// a deadline on the socket, not a context per message, which would
+	// cost a watcher each.
+	stopWatch := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
+	defer stopWatch()
+	s.mu.Lock()
+	fence := s.fence
+	s.mu.Unlock()
+	d := &decoding{from: pos, skipping: pos.LSN != 0 && pos.ID != 0, relations: map[uint32]*columns{}, last: pos, fence: fence}
 	next := time.Now().Add(standbyEvery)
+	if err := conn.Conn().SetReadDeadline(next); err != nil {
+		return err
+	}
 	for {
 		if time.Now().After(next) {
 			if err := s.standby(ctx, conn, d); err != nil {
 				return err
 			}
 			next = time.Now().Add(standbyEvery)
+			if ctx.Err() == nil {
+				if err := conn.Conn().SetReadDeadline(next); err != nil {
+					return err
+				}
+			}
 		}
 		if s.full() {
 			select {
@@ -240,9 +257,7 @@ func (s *stream) run(ctx context.Context, pos relay.Position) error {
 			}
 			continue
 		}
-		rctx, cancel := context.WithDeadline(ctx, next)
-		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
+		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -260,6 +275,7 @@ func (s *stream) run(ctx context.Context, pos relay.Position) error {
 			}
 			if reply {
 				next = time.Now() // answer at once
+				_ = conn.Conn().SetReadDeadline(next)
 			}
 		case *pgproto3.ErrorResponse:
 			return pgconn.ErrorResponseToPgError(m)
@@ -386,10 +402,7 @@ func (s *stream) skip(d *decoding, row relay.Row) bool {
 		}
 		return true
 	}
-	s.mu.Lock()
-	fence := s.fence
-	s.mu.Unlock()
-	return !(relay.Position{TxID: row.TxID, ID: row.ID}).After(fence)
+	return !(relay.Position{TxID: row.TxID, ID: row.ID}).After(d.fence)
 }
 
 func (s *stream) push(row relay.Row) {
