@@ -28,9 +28,22 @@ var window = relay.Config{BatchSize: batchSize}.Window()
 // the relay's reads are served from there (its position writes still go
 // to PostgreSQL): what the relay would do if reading cost nothing.
 func relayDrain(t *testing.T, r *rig, n, channels int, fromMemory bool, cpu *cpuMeter) result {
+	return relayDrainFrom(t, r, n, channels, fromMemory, postgres.SourcePoll, cpu)
+}
+
+// relayDrainFrom is relayDrain reading from source. For the logical
+// source, the publication and slot are made before the backlog is
+// written, so the backlog is in the slot.
+func relayDrainFrom(t *testing.T, r *rig, n, channels int, fromMemory bool, source postgres.Source, cpu *cpuMeter) result {
 	t.Helper()
+	cfg := postgres.Config{URL: r.dbURL, Table: postgres.Table{Name: "outbox"}, Source: source}
+	if source == postgres.SourceLogical {
+		if _, err := postgres.SetUpLogical(context.Background(), cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
 	r.fill(t, n)
-	store, err := postgres.Open(postgres.Config{URL: r.dbURL, Table: postgres.Table{Name: "outbox"}})
+	store, err := postgres.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +63,7 @@ func relayDrain(t *testing.T, r *rig, n, channels int, fromMemory bool, cpu *cpu
 	done := make(chan struct{})
 	total := 0
 	watch := &windowWatch{}
-	rl, err := relay.New(relay.Config{BatchSize: batchSize, Observer: watch, Hooks: relay.Hooks{
+	rl, err := relay.New(relay.Config{BatchSize: batchSize, Observer: watch, Wake: store.Wake(), Hooks: relay.Hooks{
 		Recorded: func(_ relay.Position, rows int) {
 			// Runs on the relay's loop, so total needs no lock.
 			if total += rows; total == n {

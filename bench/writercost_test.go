@@ -13,8 +13,9 @@ import (
 // writerVariants are the variants of scripts/writer-cost/run.sh that
 // measurement 7 runs: A a plain table (nothing the relay adds), B
 // schema.sql's outbox, L B with the ordering lock taken first, C B plus
-// the NOTIFY trigger.
-var writerVariants = []string{"A", "B", "L", "C"}
+// the NOTIFY trigger, S B read by a logical replication slot (the server
+// then runs with wal_level = logical for every variant).
+var writerVariants = []string{"A", "B", "L", "C", "S"}
 
 // measureWriterCost: measurement 7, what the relay's schema costs the
 // transactions that write to the outbox. It runs scripts/writer-cost/run.sh
@@ -38,8 +39,8 @@ func measureWriterCost(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatalf("%v in the output of scripts/writer-cost/run.sh:\n%s", err, out.String())
 	}
-	a, b, l, c := tps["A"], tps["B"], tps["L"], tps["C"]
-	s.add(row{what: "writers, plain table (keyed by id, no txid column, no CHECK), 16 pgbench clients",
+	a, b, l, c, sl := tps["A"], tps["B"], tps["L"], tps["C"], tps["S"]
+	s.add(row{what: "writers, plain table (keyed by id, no txid column, no CHECK), 16 pgbench clients, server at wal_level = logical",
 		figure: perSecond(a, "tps"), ratio: "1 (base)"})
 	s.add(row{what: "writers, schema.sql's outbox",
 		figure: perSecond(b, "tps"), ratio: ratio(b, a) + " plain", goal: "≥ 0.95 × plain", met: atLeast(b, a, 0.95)})
@@ -47,6 +48,9 @@ func measureWriterCost(t *testing.T, s *suite) {
 		figure: perSecond(l, "tps"), ratio: ratio(l, a) + " plain, " + ratio(l, b) + " without the lock"})
 	s.add(row{what: "writers, schema.sql's outbox + NOTIFY trigger (for reference)",
 		figure: perSecond(c, "tps"), ratio: ratio(c, a) + " plain"})
+	s.add(row{what: "writers, schema.sql's outbox read by a logical slot as RELAY_SOURCE=logical reads it (pg_recvlogical, pgoutput)",
+		figure: perSecond(sl, "tps"), ratio: ratio(sl, a) + " plain, " + ratio(sl, b) + " without the slot",
+		goal: "≥ 0.98 × plain", met: atLeast(sl, a, 0.98)})
 }
 
 // parseWriterCost reads the median tps of every variant from run.sh's

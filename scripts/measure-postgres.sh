@@ -21,13 +21,13 @@ as_server_user() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-pg_start() {   # dir port
-    local dir=$1 port=$2
+pg_start() {   # dir port [server options, e.g. "-c wal_level=logical"]
+    local dir=$1 port=$2 opts=${3:-}
     if [ "$(id -u)" -eq 0 ]; then chown postgres "$dir"; fi
     chmod 755 "$dir"
     as_server_user "$PGBIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
     as_server_user "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-        -o "-p $port -k $dir -c listen_addresses=''" start >/dev/null
+        -o "-p $port -k $dir -c listen_addresses='' $opts" start >/dev/null
     CONN=(-h "$dir" -p "$port" -U postgres)
 }
 

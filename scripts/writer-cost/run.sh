@@ -28,6 +28,10 @@
 #               (each read starts after the previous read's last row)
 #   B+pollfixed B while one more session runs the relay's read every 1 ms from a fixed
 #               position taken before the run (returns full 1000-row batches: a lagging relay)
+#   S           B read by a logical replication slot (pgoutput, a publication of the
+#               outbox's inserts), as RELAY_SOURCE=logical reads it: pg_recvlogical
+#               streams the slot throughout and confirms every second. With S among the
+#               variants the server runs with wal_level = logical, for every variant.
 # A session LISTENs on outbox_relay throughout (as the relay always does) and
 # consumes notifications every 50 ms, so the notification queue never fills.
 set -euo pipefail
@@ -73,11 +77,16 @@ derive 's/^INSERT INTO outbox (/INSERT INTO outbox_plain (/' write1_outbox.sql w
 derive 's/^INSERT INTO outbox (/INSERT INTO outbox_plain (/' write10_outbox.sql write10_plain.sql
 derive "/^BEGIN;\$/a SELECT outbox_lock('order', CAST(:oid AS text));" write1_outbox.sql write1_locked.sql
 
-pg_start "$TMP" "$PORT"
+server_opts=
+case " $VARIANTS " in *" S "*) server_opts="-c wal_level=logical" ;; esac
+pg_start "$TMP" "$PORT" "$server_opts"
 
 "$PGBIN/createdb" "${CONN[@]}" bench
 psql_ -d bench -f "$SCHEMA" >/dev/null
 psql_ -d bench -f "$HERE/setup.sql" >/dev/null
+if [ -n "$server_opts" ]; then
+    psql_ -d bench -c "CREATE PUBLICATION writer_cost FOR TABLE outbox WITH (publish = 'insert')" >/dev/null
+fi
 
 # The relay's LISTEN session: \watch makes psql fetch (and drop) pending
 # notifications every 50 ms.
@@ -105,6 +114,16 @@ run_variant() {   # variant -> appends "variant writer_tps [poller_qps]" to $TMP
     esac
     POLLER_PID=
     case $v in
+        S)
+            psql_ -d bench -c "SELECT pg_create_logical_replication_slot('writer_cost', 'pgoutput')" >/dev/null
+            "$PGBIN/pg_recvlogical" "${CONN[@]}" -d bench --slot writer_cost --start -s 1 \
+                -o proto_version=1 -o publication_names=writer_cost -f /dev/null >"$pollout" 2>&1 &
+            POLLER_PID=$!
+            for _ in $(seq 50); do   # until it streams
+                [ "$(psql_ -d bench -At -c "SELECT active FROM pg_replication_slots WHERE slot_name = 'writer_cost'")" = t ] && break
+                sleep 0.1
+            done
+            ;;
         B+poll*)
             # A recent position: this moment's txid and the last id handed out.
             pos=$(psql_ -d bench -At -F ' ' -c "SELECT pg_current_xact_id(), coalesce((SELECT last_value FROM pg_sequences WHERE sequencename = 'outbox_id_seq'), 0)")
@@ -119,6 +138,11 @@ run_variant() {   # variant -> appends "variant writer_tps [poller_qps]" to $TMP
         -f "$(writer_script "$v")" bench >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
     local tps qps=
     tps=$(tps_of "$out")
+    if [ "$v" = S ]; then
+        kill "$POLLER_PID" 2>/dev/null; wait "$POLLER_PID" 2>/dev/null || true
+        POLLER_PID=
+        psql_ -d bench -c "SELECT pg_drop_replication_slot('writer_cost')" >/dev/null
+    fi
     if [ -n "$POLLER_PID" ]; then
         wait "$POLLER_PID" || { cat "$pollout" >&2; exit 1; }
         POLLER_PID=
