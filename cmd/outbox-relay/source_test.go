@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outboxrelay/outboxrelay/internal/ledger"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
 )
@@ -117,4 +118,62 @@ func TestLogicalSourceNotSetUp(t *testing.T) {
 	if code != 2 || !strings.Contains(p.log(), want) {
 		t.Fatalf("exit %d, want 2 and %q in:\n%s", code, want, p.log())
 	}
+}
+
+// TestAnOpenTransactionElsewhere: a transaction holds a transaction id
+// open in another database of the server while rows are written. The poll
+// source cannot read past it: the rows wait, and the relay reports the
+// hold-up, until it ends. The logical source delivers them while it stays
+// open.
+func TestAnOpenTransactionElsewhere(t *testing.T) {
+	bothSources(t, func(t *testing.T, source string) {
+		t.Parallel()
+		r := newRig(t)
+		r.useSource(t, source)
+		ctx := context.Background()
+		other, err := pgx.Connect(ctx, testenv.EmptyDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close(ctx)
+		open, err := other.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer open.Rollback(ctx)
+		if _, err := open.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+			t.Fatal(err)
+		}
+		addr := freeAddr(t)
+		p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr))
+		const rows = 10
+		for i := range rows {
+			body, err := json.Marshal(ledger.Payload{Agg: "elsewhere", Seq: i})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var id string
+			if err := r.pool.QueryRow(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload)
+				VALUES ('ledger', 'elsewhere', 'Tested', 'events', $1) RETURNING event_id::text`, body).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			r.ledger.Committed(id, ledger.Payload{Agg: "elsewhere", Seq: i})
+		}
+		if source == "logical" {
+			r.drained(t) // while the other transaction is open
+		} else {
+			eventually(t, "the relay reports the hold-up", func() bool {
+				return metric(addr, "outbox_relay_holdup_age_seconds") > 0 && metric(addr, "outbox_relay_pending_rows") == rows
+			})
+			if n := r.ledger.Distinct(); n != 0 {
+				t.Fatalf("%d rows delivered past a transaction still open", n)
+			}
+		}
+		if err := open.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		r.drained(t)
+		stopClean(t, p)
+		r.check(t, 0)
+	})
 }
