@@ -56,9 +56,12 @@ func (r *rig) deadRows(t *testing.T) map[int64]string {
 // good rows of other aggregates are delivered exactly once, the bad ones
 // end dead with the broker's reason, and the relay never reconnects
 // because of them.
-func TestRejectedRowsTouchNoOtherRow(t *testing.T) {
+func TestRejectedRowsTouchNoOtherRow(t *testing.T) { bothSources(t, testRejectedRowsTouchNoOtherRow) }
+
+func testRejectedRowsTouchNoOtherRow(t *testing.T, source string) {
 	t.Parallel()
 	r := newRig(t)
+	r.useSource(t, source)
 	addr := freeAddr(t)
 	p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr, "RELAY_MAX_ATTEMPTS=2"))
 	r.write(t, 4)
@@ -117,9 +120,12 @@ var overLong = []struct {
 // connection down on every retry and stop the whole table. Each such row is
 // dead at once with its reason, before it is sent; every good row is
 // delivered; the relay keeps one connection.
-func TestRowsAMQPCannotCarryAreDead(t *testing.T) {
+func TestRowsAMQPCannotCarryAreDead(t *testing.T) { bothSources(t, testRowsAMQPCannotCarryAreDead) }
+
+func testRowsAMQPCannotCarryAreDead(t *testing.T, source string) {
 	t.Parallel()
 	r := newRig(t)
+	r.useSource(t, source)
 	addr := freeAddr(t)
 	p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr))
 	r.write(t, 2)
