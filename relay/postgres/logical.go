@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -135,7 +136,7 @@ func (s *stream) restart(pos relay.Position) {
 	s.mu.Unlock()
 	go func() {
 		defer close(sess.done)
-		err := s.run(ctx, pos)
+		err := s.run(ctx, sess, pos)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.sess == sess {
@@ -183,6 +184,17 @@ func (s *stream) recordedAt(pos relay.Position) {
 	s.unrecorded = append(s.unrecorded[:0], s.unrecorded[n:]...)
 }
 
+// recordedIdle is recordedAt for an idle position recorded by session
+// sess, unless another session has begun since.
+func (s *stream) recordedIdle(sess *session, lsn uint64) {
+	s.mu.Lock()
+	current := s.sess == sess
+	s.mu.Unlock()
+	if current {
+		s.recordedAt(relay.Position{LSN: lsn})
+	}
+}
+
 // pending returns how many rows the session received that are not
 // recorded, and when the oldest of them was created.
 func (s *stream) pending() (int, time.Time) {
@@ -211,13 +223,18 @@ type decoding struct {
 	last      relay.Position
 	decoded   uint64 // the server's decoding is known complete up to here
 	confirmed uint64 // the last LSN confirmed to the server
-	idleAt    uint64 // the last LSN recorded while idle
 	fence     relay.Position
+	sess      *session
+	// idleAt is the last LSN recorded while idle; idling runs that
+	// record, beside the receiving, one at a time.
+	idleAt atomic.Uint64
+	idling sync.WaitGroup
+	busy   atomic.Bool
 }
 
 // run receives the slot's changes from pos until ctx ends or the
 // connection fails.
-func (s *stream) run(ctx context.Context, pos relay.Position) error {
+func (s *stream) run(ctx context.Context, sess *session, pos relay.Position) error {
 	conn, err := s.connect(ctx, pos)
 	if err != nil {
 		return err
@@ -231,7 +248,8 @@ func (s *stream) run(ctx context.Context, pos relay.Position) error {
 	s.mu.Lock()
 	fence := s.fence
 	s.mu.Unlock()
-	d := &decoding{from: pos, skipping: pos.LSN != 0 && pos.ID != 0, relations: map[uint32]*columns{}, last: pos, fence: fence}
+	d := &decoding{from: pos, skipping: pos.LSN != 0 && pos.ID != 0, relations: map[uint32]*columns{}, last: pos, fence: fence, sess: sess}
+	defer d.idling.Wait()
 	next := time.Now().Add(standbyEvery)
 	if err := conn.Conn().SetReadDeadline(next); err != nil {
 		return err
@@ -426,12 +444,17 @@ func (s *stream) standby(ctx context.Context, conn *pgconn.PgConn, d *decoding) 
 	s.mu.Unlock()
 	lsn := rec.LSN
 	if !d.inTx && (rec == d.last || rec.LSN > d.last.LSN) {
-		if d.decoded > rec.LSN && d.decoded > d.idleAt {
-			if err := s.idle(ctx, d.decoded); err != nil {
-				return fmt.Errorf("record the idle position: %w", err)
-			}
-			d.idleAt = d.decoded
-			s.recordedAt(relay.Position{LSN: d.decoded})
+		// Nothing unrecorded lies before the decoded point: confirm it,
+		// and record it beside the receiving, which it must not hold up
+		// (a failed record is tried again a second later).
+		if at := d.decoded; at > rec.LSN && at > d.idleAt.Load() && d.busy.CompareAndSwap(false, true) {
+			d.idling.Go(func() {
+				defer d.busy.Store(false)
+				if s.idle(ctx, at) == nil {
+					d.idleAt.Store(at)
+					s.recordedIdle(d.sess, at)
+				}
+			})
 		}
 		lsn = max(lsn, d.decoded)
 	}
