@@ -135,9 +135,12 @@ func (m *Main) open(storeCfg postgres.Config, brokerCfg rabbitmq.Config, relayCf
 	}
 	m.metrics = metrics.New(m.broker.Connected)
 	// One log line when a long transaction has held rows back for 10 s
-	// (the default threshold), one when it ends.
-	if m.holdUps, err = postgres.NewHoldUpWatcher(m.store.Admin(), postgres.HoldUpWatcherConfig{Logger: m.log}); err != nil {
-		return fmt.Errorf("create hold-up watcher: %w", err)
+	// (the default threshold), one when it ends; not for the logical
+	// source, which no open transaction holds back.
+	if !logical {
+		if m.holdUps, err = postgres.NewHoldUpWatcher(m.store.Admin(), postgres.HoldUpWatcherConfig{Logger: m.log}); err != nil {
+			return fmt.Errorf("create hold-up watcher: %w", err)
+		}
 	}
 	// Published rows older than RELAY_RETENTION are deleted while this
 	// replica holds the lease; 0 disables it (Run returns at once).
@@ -176,7 +179,9 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.listener != nil {
 		wg.Go(func() { m.listener.Run(lctx) })
 	}
-	wg.Go(func() { m.holdUps.Run(lctx) })
+	if m.holdUps != nil {
+		wg.Go(func() { m.holdUps.Run(lctx) })
+	}
 	wg.Go(func() { m.retention.Run(lctx) })
 
 	if m.env.HTTPAddr != "" {
