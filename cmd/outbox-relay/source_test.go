@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/outboxrelay/outboxrelay/internal/ledger"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/relay/postgres"
@@ -55,19 +53,7 @@ func TestLogicalSourceKeepsCommitOrderWithoutLocks(t *testing.T) {
 	r := newRig(t)
 	r.useSource(t, "logical")
 	ctx := context.Background()
-	other, err := pgx.Connect(ctx, testenv.EmptyDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
-	open, err := other.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Rollback(ctx)
-	if _, err := open.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
-		t.Fatal(err)
-	}
+	open := testenv.OpenTransactionElsewhere(t)
 	addr := freeAddr(t)
 	p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr))
 	r.contend(t, 16, false, false)
@@ -131,19 +117,7 @@ func TestAnOpenTransactionElsewhere(t *testing.T) {
 		r := newRig(t)
 		r.useSource(t, source)
 		ctx := context.Background()
-		other, err := pgx.Connect(ctx, testenv.EmptyDatabase(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer other.Close(ctx)
-		open, err := other.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer open.Rollback(ctx)
-		if _, err := open.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
-			t.Fatal(err)
-		}
+		open := testenv.OpenTransactionElsewhere(t)
 		addr := freeAddr(t)
 		p := start(t, append(r.env, "RELAY_HTTP_ADDR="+addr))
 		const rows = 10

@@ -116,3 +116,26 @@ SELECT coalesce(array_agg(slot_name::text) FILTER (WHERE active), '{}'), coalesc
 		t.Errorf("testenv: drop database %s: %v", name, err)
 	}
 }
+
+// OpenTransactionElsewhere begins a transaction that holds a transaction
+// id, in a database of its own on the same server, and returns it: while
+// it runs, the server's oldest running transaction is at most its own.
+// The test may end it; otherwise it is rolled back at cleanup.
+func OpenTransactionElsewhere(t testing.TB) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, EmptyDatabase(t))
+	if err != nil {
+		t.Fatalf("testenv: connect for an open transaction: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatalf("testenv: begin: %v", err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatalf("testenv: take a transaction id: %v", err)
+	}
+	return tx
+}

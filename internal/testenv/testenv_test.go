@@ -176,3 +176,24 @@ func (f *fatalRecorder) Skip(...any) {
 	f.skipped = true
 	runtime.Goexit()
 }
+
+func TestOpenTransactionElsewhere(t *testing.T) {
+	ctx := context.Background()
+	tx := OpenTransactionElsewhere(t)
+	var txid uint64
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id_if_assigned()`).Scan(&txid); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var xmin uint64
+	if err := conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())`).Scan(&xmin); err != nil {
+		t.Fatal(err)
+	}
+	if xmin > txid {
+		t.Errorf("another database's snapshot xmin is %d, past the open transaction %d", xmin, txid)
+	}
+}

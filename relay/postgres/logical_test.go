@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
 	"github.com/outboxrelay/outboxrelay/relay"
 )
@@ -127,19 +125,7 @@ func TestLogicalReadsInCommitOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A transaction held open elsewhere in the cluster holds nothing back.
-	other, err := pgx.Connect(ctx, testenv.EmptyDatabase(t)) // another database
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
-	otherTx, err := other.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer otherTx.Rollback(ctx)
-	if _, err := otherTx.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
-		t.Fatal(err)
-	}
+	testenv.OpenTransactionElsewhere(t)
 	got := streamN(t, s, pos, 1)
 	if string(got[0].Payload) != "second" {
 		t.Fatalf("first row %q, want the one committed first, while older transactions are open", got[0].Payload)
