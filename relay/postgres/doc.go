@@ -11,12 +11,14 @@
 //     gives it a pool of its own; Store.Admin shares the store's.
 //
 // With Config.Source SourceLogical, the Store reads the table's inserts from
-// a replication slot instead (logical.go: the stream; logical_store.go: its
-// checks and names), in commit order, and records the commit LSN as its
-// position; SetUpLogical creates the publication and the slot.
+// a replication slot instead (logical.go: the stream; logical_row.go: its
+// rows; logical_store.go: its checks and names), in commit order, and
+// records the commit LSN as its position; SetUpLogical (logical_setup.go)
+// creates the publication and the slot.
 //
 // Migrate applies the schema. The SQL of each side is in one place:
-// queries.go for the port, admin_queries.go for the operator.
+// queries.go for the port, admin_queries.go for the operator,
+// logical_queries.go for what only the logical source asks.
 //
 // Reading is gap-free: a row is read only once its writer's transaction id is
 // below the xmin of the reader's snapshot, that is, once every transaction

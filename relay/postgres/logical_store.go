@@ -73,9 +73,8 @@ func (s *Store) startLogical(ctx context.Context, fence relay.Position) (relay.P
 	var pos relay.Position
 	var recorded bool
 	var from *uint64
-	err := s.pool.QueryRow(ctx, fmt.Sprintf(`
-SELECT coalesce(lsn_id, 0), coalesce((lsn - '0/0'::pg_lsn)::bigint, 0), lsn IS NOT NULL, logical_from
-  FROM %s WHERE outbox_table = $1`, s.table.sibling("outbox_relay_position")), s.key).Scan(&pos.ID, &pos.LSN, &recorded, &from)
+	lq := newLogicalQueries(s.table)
+	err := s.pool.QueryRow(ctx, lq.position, s.key).Scan(&pos.ID, &pos.LSN, &recorded, &from)
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.As(err, &pgErr) && pgErr.Code == "42703": // undefined_column: made by an earlier version
@@ -89,13 +88,12 @@ SELECT coalesce(lsn_id, 0), coalesce((lsn - '0/0'::pg_lsn)::bigint, 0), lsn IS N
 		// The first start on this slot: rows committed before it was
 		// created are not in it, and must be published already.
 		var before int64
-		if err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s WHERE (txid, id) > ($1::xid8, $2::bigint) AND txid < $3::xid8`, s.table.sql()),
-			fence.TxID, fence.ID, *from).Scan(&before); err != nil {
+		if err := s.pool.QueryRow(ctx, lq.olderThanSlot, fence.TxID, fence.ID, *from).Scan(&before); err != nil {
 			return relay.Position{}, fmt.Errorf("count rows older than slot %s: %w", slot, err)
 		}
 		if before > 0 {
 			return relay.Position{}, fmt.Errorf("%w: %d rows were committed before slot %s was created and are not published yet, so they are not in it; "+
-				"publish them with RELAY_SOURCE=poll first (docs/operations.md, \"Switching to the logical source\")", relay.ErrNotSetUp, before, slot)
+				"publish them with RELAY_SOURCE=poll first (docs/logical.md, \"Switching to the logical source\")", relay.ErrNotSetUp, before, slot)
 		}
 	}
 	st := s.stream.Load()
@@ -119,19 +117,12 @@ func (s *Store) recordIdle(ctx context.Context, lsn uint64) error {
 
 // checkLogical checks the server's wal_level, the slot and the publication.
 func checkLogical(ctx context.Context, pool *pgxpool.Pool, slot, pub, key string) error {
-	var level string
-	if err := pool.QueryRow(ctx, `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
-		return fmt.Errorf("read wal_level: %w", err)
-	}
-	if level != "logical" {
-		return fmt.Errorf("%w: wal_level is %s, and RELAY_SOURCE=logical needs wal_level = logical (set it in postgresql.conf and restart the server), or use RELAY_SOURCE=poll",
-			relay.ErrNotSetUp, level)
+	if err := checkWALLevel(ctx, pool); err != nil {
+		return err
 	}
 	var plugin, status string
 	var here bool
-	err := pool.QueryRow(ctx, `
-SELECT coalesce(plugin, ''), database IS NOT DISTINCT FROM current_database(), coalesce(wal_status, '')
-  FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &here, &status)
+	err := pool.QueryRow(ctx, slotQuery, slot).Scan(&plugin, &here, &status)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("%w: replication slot %s does not exist: run outbox-relay migrate with RELAY_SOURCE=logical", relay.ErrNotSetUp, slot)
@@ -141,12 +132,10 @@ SELECT coalesce(plugin, ''), database IS NOT DISTINCT FROM current_database(), c
 		return fmt.Errorf("%w: replication slot %s is not a pgoutput slot of this database (plugin %q): name another with RELAY_SLOT", relay.ErrNotSetUp, slot, plugin)
 	case status == "lost":
 		return fmt.Errorf("%w: the server invalidated replication slot %s (it retained more WAL than max_slot_wal_keep_size allows): "+
-			"the changes since its confirmed LSN are gone; recover as docs/operations.md says (\"A lost replication slot\")", relay.ErrNotSetUp, slot)
+			"the changes since its confirmed LSN are gone; recover as docs/logical.md says (\"Hazards of a slot\")", relay.ErrNotSetUp, slot)
 	}
-	var published bool
-	if err := pool.QueryRow(ctx, `
-SELECT EXISTS (SELECT 1 FROM pg_publication p JOIN pg_publication_tables t ON t.pubname = p.pubname
-                WHERE p.pubname = $1 AND p.pubinsert AND t.schemaname || '.' || t.tablename = $2)`, pub, key).Scan(&published); err != nil {
+	var exists, published bool
+	if err := pool.QueryRow(ctx, publicationQuery, pub, key).Scan(&exists, &published); err != nil {
 		return fmt.Errorf("read publication %s: %w", pub, err)
 	}
 	if !published {
@@ -158,12 +147,12 @@ SELECT EXISTS (SELECT 1 FROM pg_publication p JOIN pg_publication_tables t ON t.
 // endSlotSession ends the server session that holds slot, and waits until
 // the slot is free.
 func endSlotSession(ctx context.Context, pool *pgxpool.Pool, slot string) error {
-	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot); err != nil {
+	if _, err := pool.Exec(ctx, endSlotQuery, slot); err != nil {
 		return err
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		var active bool
-		if err := pool.QueryRow(ctx, `SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active); err != nil {
+		if err := pool.QueryRow(ctx, slotActiveQuery, slot).Scan(&active); err != nil {
 			return err
 		}
 		if !active {

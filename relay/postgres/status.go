@@ -97,10 +97,7 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 func (a *Admin) slotStatus(ctx context.Context, key string) (*Slot, error) {
 	slot, _ := logicalNames(a.slot, "", a.pool.Config().ConnConfig.Database, key)
 	sl := &Slot{Name: slot}
-	err := a.pool.QueryRow(ctx, `
-SELECT active, coalesce(confirmed_flush_lsn::text, ''),
-       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, coalesce(wal_status, '')
-  FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&sl.Active, &sl.ConfirmedLSN, &sl.RetainedWALBytes, &sl.WALStatus)
+	err := a.pool.QueryRow(ctx, slotStatusQuery, slot).Scan(&sl.Active, &sl.ConfirmedLSN, &sl.RetainedWALBytes, &sl.WALStatus)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return sl, nil
