@@ -29,13 +29,7 @@ func (r *rig) useSource(t *testing.T, source string) {
 	if source == "poll" {
 		return
 	}
-	var level string
-	if err := r.pool.QueryRow(context.Background(), `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
-		t.Fatal(err)
-	}
-	if level != "logical" {
-		t.Skipf("the test server has wal_level = %s; the logical source needs logical (scripts/servers.sh starts one so)", level)
-	}
+	testenv.SkipUnlessLogical(t, r.dbURL)
 	r.env = append(r.env, "RELAY_SOURCE="+source)
 	if code, out := runCmd(t, r.env, "migrate"); code != 0 || !strings.Contains(out, "replication slot") {
 		t.Fatalf("migrate with RELAY_SOURCE=%s: exit %d: %s", source, code, out)
@@ -91,10 +85,7 @@ func TestLogicalSourceKeepsCommitOrderWithoutLocks(t *testing.T) {
 func TestLogicalSourceNotSetUp(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
-	var level string
-	if err := r.pool.QueryRow(context.Background(), `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
-		t.Fatal(err)
-	}
+	level := testenv.WALLevel(t, r.dbURL)
 	p := start(t, append(r.env, "RELAY_SOURCE=logical"))
 	code := p.wait(30 * time.Second)
 	want := "does not exist: run outbox-relay migrate with RELAY_SOURCE=logical"

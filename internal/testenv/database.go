@@ -139,3 +139,29 @@ func OpenTransactionElsewhere(t testing.TB) pgx.Tx {
 	}
 	return tx
 }
+
+// WALLevel returns the wal_level of the server of dbURL.
+func WALLevel(t testing.TB, dbURL string) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("testenv: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	var level string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
+		t.Fatalf("testenv: read wal_level: %v", err)
+	}
+	return level
+}
+
+// SkipUnlessLogical skips the test unless the server of dbURL decodes
+// logically (wal_level = logical), as the logical source needs; the
+// throwaway servers (scripts/servers.sh, NewPostgresServer) do.
+func SkipUnlessLogical(t testing.TB, dbURL string) {
+	t.Helper()
+	if level := WALLevel(t, dbURL); level != "logical" {
+		t.Skipf("the test server has wal_level = %s; the logical source needs logical (scripts/servers.sh starts one so)", level)
+	}
+}

@@ -13,24 +13,11 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// logicalServer skips the test when the server cannot decode logically;
-// the throwaway servers of the test suite can.
-func logicalServer(t *testing.T, b bundle) {
-	t.Helper()
-	var level string
-	if err := b.pool.QueryRow(context.Background(), `SELECT current_setting('wal_level')`).Scan(&level); err != nil {
-		t.Fatal(err)
-	}
-	if level != "logical" {
-		t.Skipf("the test server has wal_level = %s; the logical source needs logical (scripts/servers.sh starts one so)", level)
-	}
-}
-
 // logicalStore sets the logical source up on b's database and returns a
 // started store of it holding the lease, and its position.
 func logicalStore(t *testing.T, b bundle) (*Store, relay.Position) {
 	t.Helper()
-	logicalServer(t, b)
+	testenv.SkipUnlessLogical(t, b.url)
 	cfg := Config{URL: b.url, Table: Table{Name: "outbox"}, Source: SourceLogical, LeaseTimeout: time.Minute}
 	if _, err := SetUpLogical(context.Background(), cfg); err != nil {
 		t.Fatal(err)
@@ -314,7 +301,7 @@ func TestLogicalSlotAdvancesOnAnIdleOutbox(t *testing.T) {
 func TestLogicalStartRefusesWhatItCannotServe(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	logicalServer(t, b)
+	testenv.SkipUnlessLogical(t, b.url)
 	ctx := context.Background()
 	cfg := Config{URL: b.url, Table: Table{Name: "outbox"}, Source: SourceLogical}
 	start := func() error {
