@@ -145,6 +145,32 @@ COMMENT ON COLUMN outbox_relay_position.lsn_sample_xmin IS
 COMMENT ON COLUMN outbox_relay_position.logical_from IS
     'Logical source: the snapshot xmin just after outbox-relay migrate created the replication slot. Rows of older transactions may predate the slot; the logical source starts only once (txid, id) is past them all.';
 
+-- Shared work (RELAY_PARTITIONS). A table published by P > 1 partitions
+-- notes P here; the row "<table>#k" (k from 0 to P - 1) is partition k's
+-- position and lease, with the columns above, and the table's own row keeps
+-- the published prefix of all partitions (their smallest position) for
+-- retention, status and replay.
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS partitions integer NULL;
+
+COMMENT ON COLUMN outbox_relay_position.partitions IS
+    'On a table''s own row: how many partitions its aggregates are hashed into (outbox_partition); NULL or 1 when one replica publishes the whole table. Replicas refuse to start with another RELAY_PARTITIONS; outbox-relay migrate changes it while no replica runs.';
+
+CREATE TABLE IF NOT EXISTS outbox_relay_replica (
+    outbox_table text        NOT NULL,
+    replica      text        NOT NULL,
+    alive_until  timestamptz NOT NULL,
+    PRIMARY KEY (outbox_table, replica)
+);
+
+COMMENT ON TABLE outbox_relay_replica IS
+    'Relay-owned: the replicas that share a partitioned table''s work (RELAY_PARTITIONS > 1), so that each takes about its share of the partitions. A replica refreshes its row while it runs and deletes it at a clean stop.';
+COMMENT ON COLUMN outbox_relay_replica.outbox_table IS
+    'The outbox table (schema-qualified).';
+COMMENT ON COLUMN outbox_relay_replica.replica IS
+    'RELAY_REPLICA_NAME of a replica.';
+COMMENT ON COLUMN outbox_relay_replica.alive_until IS
+    'Database time until which the replica counts as running, unless its name''s session is gone sooner.';
+
 CREATE TABLE IF NOT EXISTS outbox_relay_parked (
     outbox_table    text        NOT NULL,
     id              bigint      NOT NULL,
@@ -214,6 +240,14 @@ $$;
 
 COMMENT ON FUNCTION outbox_aggregate_key(text, text) IS
     'The 64-bit key of an aggregate: PostgreSQL''s hashtextextended of the id, seeded with that of the type (bytes as stored, collation "C"). outbox_lock locks it; outbox.lock_keys records it.';
+
+CREATE OR REPLACE FUNCTION outbox_partition(aggregate_type text, aggregate_id text, partitions integer) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT (((outbox_aggregate_key(aggregate_type, aggregate_id) % partitions) + partitions) % partitions)::integer
+$$;
+
+COMMENT ON FUNCTION outbox_partition(text, text, integer) IS
+    'The partition, from 0 to partitions - 1, that publishes an aggregate''s events under RELAY_PARTITIONS = partitions: outbox_aggregate_key modulo partitions, taken non-negative.';
 
 CREATE OR REPLACE FUNCTION outbox_lock(VARIADIC aggregates text[]) RETURNS void
 LANGUAGE plpgsql AS $$

@@ -70,3 +70,15 @@ func final(a, b, c uint32) (uint32, uint32, uint32) {
 	}
 	return v[0], v[1], v[2]
 }
+
+// Partition returns the partition, from 0 to n-1, that publishes the
+// aggregate's events when a table is shared among replicas in n
+// partitions: schema.sql's outbox_partition, Key modulo n taken
+// non-negative.
+func (a Aggregate) Partition(n int) int {
+	if n <= 1 {
+		return 0
+	}
+	m := int64(n)
+	return int(((a.Key() % m) + m) % m)
+}

@@ -34,6 +34,12 @@ func (p *pipeline) renewLease(ctx context.Context) error {
 		state = "paused: the broker is blocking publishers"
 	}
 	err := p.store.Renew(ctx, state)
+	if errors.Is(err, ErrHandOver) {
+		if !p.handingOver {
+			p.log.Info("handing over: this replica's share of the work changes; finishing what is in flight")
+		}
+		p.handingOver, err = true, nil
+	}
 	if err == nil {
 		p.lease.deadline = t0.Add(p.cfg.leaseValid())
 		p.lease.renew.Reset(p.cfg.renewEvery())

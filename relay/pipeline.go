@@ -10,6 +10,10 @@ import (
 // errStopped ends Run after a clean stop.
 var errStopped = errors.New("stopped")
 
+// errHandedOver ends a term whose share of the work changes, once
+// everything in flight is recorded.
+var errHandedOver = errors.New("handed over")
+
 // pipeline keeps a sliding window of published rows awaiting confirms: it
 // publishes while fewer than Window rows are in flight, and records the
 // position as the oldest flights are confirmed. The next batch is read in
@@ -42,6 +46,9 @@ type pipeline struct {
 
 	progressed bool // the last step recorded rows
 	paused     bool // the broker blocks publishers
+	// handingOver is set when the store asks for a hand-over: the term
+	// ends as a clean stop does, without the relay stopping.
+	handingOver bool
 }
 
 // newPipeline returns the pipeline for a term of leadership that starts at
@@ -73,13 +80,16 @@ func (p *pipeline) close() {
 func (p *pipeline) step(ctx, finish context.Context) error {
 	p.progressed = false
 	p.cfg.Observer.Alive()
-	stopping := ctx.Err() != nil
+	stopping := ctx.Err() != nil || p.handingOver
 	if stopping && len(p.window.flights) == 0 && p.writes.writing == nil {
+		if ctx.Err() == nil {
+			return errHandedOver
+		}
 		return errStopped
 	}
 	blocked, blockChange := p.pub.Blocked()
 	p.pause(blocked)
-	if !stopping && closed(p.lease.lost) {
+	if ctx.Err() == nil && closed(p.lease.lost) {
 		return ErrLeaseLost
 	}
 	if !stopping && p.parking.retryWanted && len(p.window.flights) == 0 && p.writes.writing == nil {
@@ -126,7 +136,7 @@ func (p *pipeline) step(ctx, finish context.Context) error {
 		}
 	}
 	var lost <-chan struct{}
-	if !stopping {
+	if ctx.Err() == nil { // a hand-over still needs the lease
 		lost = p.lease.lost
 	}
 	select {

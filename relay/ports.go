@@ -24,7 +24,10 @@ type Store interface {
 	Acquire(ctx context.Context) (Position, error)
 	// Renew extends the lease by the lease timeout and records state (what
 	// the leader is doing, for status). It fails with ErrLeaseLost if
-	// another replica took the lease.
+	// another replica took the lease. A store whose replicas share the
+	// work returns ErrHandOver, after renewing, when this replica's share
+	// should change: the leader then publishes nothing more, waits for
+	// what is in flight, records it, releases and acquires again.
 	Renew(ctx context.Context, state string) error
 	// Release gives the lease up (at a clean stop).
 	Release(ctx context.Context) error
@@ -120,6 +123,11 @@ var ErrNameInUse = errors.New("replica name in use")
 // ErrLeaseLost means this replica no longer holds the lease: it stops
 // publishing and stands by.
 var ErrLeaseLost = errors.New("lease lost to another replica")
+
+// ErrHandOver means the lease was renewed, but this replica's share of the
+// work changes (a replica joined or left): it finishes what is in flight,
+// releases and acquires its new share.
+var ErrHandOver = errors.New("share of the work changes")
 
 // ErrShutdownTimeout means Run stopped before every message in flight was
 // confirmed and recorded: those rows will be published again at the next

@@ -65,6 +65,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.pos = term.pos
 		err := r.lead(ctx, term)
 		r.locks.flush(time.Now())
+		if errors.Is(err, errHandedOver) {
+			continue
+		}
 		if !errors.Is(err, ErrLeaseLost) {
 			return err
 		}
@@ -157,6 +160,10 @@ func (r *Relay) lead(ctx context.Context, t term) error {
 			r.release(ctx)
 			r.log.Info("stopped", "position", p.recorded.String())
 			return nil
+		case errors.Is(err, errHandedOver):
+			r.release(ctx)
+			r.log.Info("handed over: released the lease to take this replica's new share", "position", p.recorded.String())
+			return err
 		case errors.Is(err, ErrShutdownTimeout):
 			p.settle() // what was confirmed is worth recording
 			return err

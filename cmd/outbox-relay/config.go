@@ -29,6 +29,7 @@ type env struct {
 	Source          string        `envconfig:"SOURCE" default:"poll" desc:"Where rows are read: poll reads the table by transaction id and needs nothing of the server; logical reads its inserts from a replication slot in commit order (wal_level = logical; outbox-relay migrate creates the slot and publication). See docs/logical.md."`
 	Slot            string        `envconfig:"SLOT" default:"" desc:"Replication slot of RELAY_SOURCE=logical (1 to 63 lower-case letters, digits and underscores); empty means outbox_relay_DATABASE_SCHEMA_TABLE, one per database and table."`
 	Publication     string        `envconfig:"PUBLICATION" default:"" desc:"Publication of RELAY_SOURCE=logical (at most 63 bytes); empty means outbox_relay_SCHEMA_TABLE."`
+	Partitions      int           `envconfig:"PARTITIONS" default:"1" desc:"Partitions the table's aggregates are hashed into (1 to 1024), shared among the running replicas: each publishes about P/N of them, every aggregate in order. 1 means one replica publishes and the rest stand by. Every replica of a table needs the same value; outbox-relay migrate with this variable set changes it (docs/partitions.md). Poll source only."`
 	Exchange        string        `envconfig:"EXCHANGE" default:"" desc:"Exchange for rows whose exchange is NULL; empty is the default exchange. At most 255 bytes."`
 	Channels        int           `envconfig:"CHANNELS" default:"1" desc:"AMQP channels that carry messages (1 to 16). Each aggregate always uses the same one, so its order holds; more than one helps where the broker accepts more over several channels (quorum queues, clusters)."`
 	BatchSize       int           `envconfig:"BATCH_SIZE" default:"500" desc:"Most rows read and published at a time (1 to 10000). Up to two batches await confirms at once, so a crash republishes at most 2 x RELAY_BATCH_SIZE rows."`
@@ -149,10 +150,10 @@ func (e *env) storeConfig() (postgres.Config, error) {
 		return postgres.Config{}, badVar("TABLE", "%v", err)
 	}
 	cfg := postgres.Config{URL: e.DatabaseURL, Table: table, Replica: e.ReplicaName, LeaseTimeout: e.LeaseTimeout,
-		Source: postgres.Source(e.Source), Slot: e.Slot, Publication: e.Publication}
+		Source: postgres.Source(e.Source), Slot: e.Slot, Publication: e.Publication, Partitions: e.Partitions}
 	if err := cfg.Validate(); err != nil {
 		return cfg, fieldError(err, map[string]string{"URL": "DATABASE_URL", "Table": "TABLE", "Replica": "REPLICA_NAME",
-			"Source": "SOURCE", "Slot": "SLOT", "Publication": "PUBLICATION"})
+			"Source": "SOURCE", "Slot": "SLOT", "Publication": "PUBLICATION", "Partitions": "PARTITIONS"})
 	}
 	return cfg, nil
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/relay"
@@ -23,6 +24,11 @@ With RELAY_SOURCE=logical it also creates the publication of the table's
 inserts and the replication slot (RELAY_PUBLICATION, RELAY_SLOT), unless they
 exist; creating a slot waits for the transactions running at that moment to
 end. It needs wal_level = logical and a role that may create slots.
+
+With RELAY_PARTITIONS set it also sets how many partitions the table's work
+is shared in. A change needs every replica stopped (it refuses otherwise),
+and starts every partition from the prefix all old ones had published, so
+rows after it are published again, in order (docs/partitions.md).
 `
 
 func migrateCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -42,6 +48,20 @@ func migrateCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	fmt.Fprintf(stdout, "schema applied to %s (table %s)\n", postgres.Describe(e.DatabaseURL), cfg.Table)
+	if _, set := os.LookupEnv("RELAY_PARTITIONS"); set {
+		change, err := postgres.SetPartitions(ctx, cfg)
+		if errors.Is(err, relay.ErrNotSetUp) {
+			return &usageError{err.Error()}
+		}
+		if err != nil {
+			return err
+		}
+		if change.From == change.To {
+			fmt.Fprintf(stdout, "partitions: %d (unchanged)\n", change.To)
+		} else {
+			fmt.Fprintf(stdout, "partitions: %d, was %d; every partition starts after %s\n", change.To, change.From, change.Start)
+		}
+	}
 	if cfg.Source != postgres.SourceLogical {
 		return nil
 	}

@@ -41,7 +41,14 @@ type Config struct {
 	// publication. Empty means the defaults (DefaultSlot,
 	// DefaultPublication).
 	Slot, Publication string
+	// Partitions is how many partitions the table's aggregates are hashed
+	// into, shared among the live replicas (partition.go). Zero or one
+	// means one replica publishes the whole table. The poll source only.
+	Partitions int
 }
+
+// MaxPartitions bounds Config.Partitions.
+const MaxPartitions = 1024
 
 // Source is where the Store reads rows from.
 type Source string
@@ -86,6 +93,13 @@ func (c Config) Validate() error {
 	}
 	if c.Slot != "" && !validSlot(c.Slot) {
 		return &relay.ConfigError{Field: "Slot", Problem: fmt.Sprintf("must be 1 to %d lower-case letters, digits and underscores, got %q", maxIdentifier, c.Slot)}
+	}
+	if c.Partitions < 0 || c.Partitions > MaxPartitions {
+		return &relay.ConfigError{Field: "Partitions", Problem: fmt.Sprintf("must be from 1 to %d, got %d", MaxPartitions, c.Partitions)}
+	}
+	if c.Partitions > 1 && c.Source == SourceLogical {
+		return &relay.ConfigError{Field: "Partitions", Problem: "cannot be more than 1 with the logical source: a replication slot has one reader, " +
+			"so replicas cannot share it, and a slot per replica would decode every commit once per replica; use the poll source to share the work"}
 	}
 	if len(c.Publication) > maxIdentifier {
 		return &relay.ConfigError{Field: "Publication", Problem: fmt.Sprintf("must be at most %d bytes, got %d", maxIdentifier, len(c.Publication))}

@@ -25,6 +25,9 @@ import (
 // error wrapping relay.ErrLeaseHeld while another replica holds it, and
 // relay.ErrNameInUse while another live process has this replica's name.
 func (s *Store) Acquire(ctx context.Context) (relay.Position, error) {
+	if s.partitions > 1 {
+		return s.acquireShare(ctx)
+	}
 	if err := s.ensureIdentity(ctx); err != nil {
 		return relay.Position{}, err
 	}
@@ -97,6 +100,9 @@ func (s *Store) holder(ctx context.Context) (name string, remaining float64, epo
 func (s *Store) Renew(ctx context.Context, state string) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
+	if s.partitions > 1 {
+		return s.renewShare(ctx, state)
+	}
 	tag, err := s.pool.Exec(ctx, s.q.renew, s.key, s.epoch.Load(), s.replica, s.leaseTimeout.Milliseconds(), state)
 	if err != nil {
 		return fmt.Errorf("renew lease: %w", err)
@@ -114,6 +120,9 @@ func (s *Store) Release(ctx context.Context) error {
 	s.stopStream()
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
+	if s.partitions > 1 {
+		return s.releaseShare(ctx)
+	}
 	if _, err := s.pool.Exec(ctx, s.q.release, s.key, s.epoch.Load(), s.replica); err != nil {
 		return fmt.Errorf("release lease: %w", err)
 	}

@@ -16,7 +16,7 @@ func skip(policy relay.DeadRows) bool { return policy == relay.DeadRowsSkip }
 
 // ParkedAggregates implements relay.Parking.
 func (s *Store) ParkedAggregates(ctx context.Context, policy relay.DeadRows) ([]relay.Aggregate, error) {
-	rows, err := s.pool.Query(ctx, s.q.parkedAggs, s.key, skip(policy))
+	rows, err := s.pool.Query(ctx, s.q.parkedAggs, append([]any{s.key, skip(policy)}, s.heldArgs()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -29,7 +29,7 @@ func (s *Store) ParkedAggregates(ctx context.Context, policy relay.DeadRows) ([]
 
 // Skipped implements relay.Parking.
 func (s *Store) Skipped(ctx context.Context, policy relay.DeadRows) (map[relay.Aggregate][]relay.Skipped, error) {
-	rows, err := s.pool.Query(ctx, s.q.skipped, s.key, skip(policy))
+	rows, err := s.pool.Query(ctx, s.q.skipped, append([]any{s.key, skip(policy)}, s.heldArgs()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +76,7 @@ func (s *Store) RecordParked(ctx context.Context, pos relay.Position, park []rel
 func (s *Store) DueHeads(ctx context.Context, b relay.Batch, policy relay.DeadRows) ([]relay.ParkedRow, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, s.q.dueHeads, s.key, b.Rows, skip(policy), b.MaxPayload)
+	rows, err := s.pool.Query(ctx, s.q.dueHeads, append([]any{s.key, b.Rows, skip(policy), b.MaxPayload}, s.heldArgs()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,8 @@ func (s *Store) Unpark(ctx context.Context, row relay.Row, policy relay.DeadRows
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, s.q.unpark, s.key, row.ID, s.epoch.Load())
+		fence, epoch := s.fence(row.Aggregate())
+		tag, err := tx.Exec(ctx, s.q.unpark, s.key, row.ID, epoch, fence)
 		if err != nil {
 			return err
 		}
@@ -123,7 +124,8 @@ func (s *Store) Unpark(ctx context.Context, row relay.Row, policy relay.DeadRows
 func (s *Store) Failed(ctx context.Context, row relay.Row, attempts int, reason string, retry time.Duration, dead bool, policy relay.DeadRows) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, s.q.failed, s.key, row.ID, attempts, reason, retry.Milliseconds(), dead, s.epoch.Load())
+	fence, epoch := s.fence(row.Aggregate())
+	tag, err := s.pool.Exec(ctx, s.q.failed, s.key, row.ID, attempts, reason, retry.Milliseconds(), dead, epoch, fence)
 	if err != nil {
 		return 0, err
 	}

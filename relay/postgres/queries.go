@@ -50,6 +50,8 @@ type queries struct {
 	// Parked rows (outbox_relay_parked; the order index serves the heads).
 	// A parked row holds its aggregate back (holding below) unless it was
 	// dropped, or is dead and the policy ($n skip) lets dead rows go.
+	// unpark and failed are fenced by the epoch of the position row that
+	// holds the aggregate's lease: the table's, or its partition's.
 	parkedAggs, park, dueHeads, unpark, reported, remaining, failed, skipped string
 }
 
@@ -121,7 +123,7 @@ SELECT h.attempts, coalesce(g.ids, '{}'), coalesce(g.events, '{}'), octet_length
  LIMIT $2`, readColumns, parked, outbox, holding("$3"), holdingAs("k", "$3")),
 		unpark: fmt.Sprintf(`
 DELETE FROM %s WHERE outbox_table = $1 AND id = $2
-   AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $3)`, parked, pos),
+   AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $4 AND epoch = $3)`, parked, pos),
 		reported: fmt.Sprintf(`
 UPDATE %s SET gap_reported = true WHERE outbox_table = $1 AND id = ANY($2)`, parked),
 		remaining: fmt.Sprintf(`
@@ -129,7 +131,7 @@ SELECT count(*) FROM %s WHERE outbox_table = $1 AND aggregate_type = $2 AND aggr
 		failed: fmt.Sprintf(`
 UPDATE %s SET attempts = $3, last_error = $4, next_attempt_at = now() + $5 * interval '1 millisecond', dead = $6
  WHERE outbox_table = $1 AND id = $2
-   AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $1 AND epoch = $7)`, parked, pos),
+   AND EXISTS (SELECT 1 FROM %s WHERE outbox_table = $8 AND epoch = $7)`, parked, pos),
 		skipped: fmt.Sprintf(`
 SELECT k.aggregate_type, k.aggregate_id, k.id, e.event_id::text
   FROM %[1]s k JOIN %[2]s e ON e.txid = k.txid AND e.id = k.id

@@ -52,6 +52,13 @@ type Store struct {
 	slot, publication string
 	stream            atomic.Pointer[stream]
 	wake              chan struct{} // the stream's: a value when rows came
+
+	// A partitioned table (partition.go): partitions is Config.Partitions,
+	// share the partitions held.
+	partitions int
+	pq         partitionQueries
+	share      atomic.Pointer[share]
+	shareTakes atomic.Int64
 }
 
 var _ relay.Store = (*Store)(nil)
@@ -80,7 +87,8 @@ func Open(cfg Config) (*Store, error) {
 		wake = make(chan struct{}, 1)
 	}
 	return &Store{wake: wake, pool: pool, table: cfg.Table, q: newQueries(cfg.Table, false, false), source: cfg.Source, slot: cfg.Slot, publication: cfg.Publication, replica: replica, leaseTimeout: lease, log: log,
-		connConfig: pc.ConnConfig, life: life, stop: stop}, nil
+		connConfig: pc.ConnConfig, life: life, stop: stop,
+		partitions: max(cfg.Partitions, 1), pq: newPartitionQueries(cfg.Table)}, nil
 }
 
 // Replica returns this replica's name, as the lease and status show it.
@@ -89,6 +97,7 @@ func (s *Store) Replica() string { return s.replica }
 // Close ends the logical stream and the identity session, and closes the
 // pool.
 func (s *Store) Close() {
+	s.leave()
 	s.stopStream()
 	s.stop()
 	s.closeIdentity()
@@ -110,9 +119,16 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 	if s.checkLocks, err = s.canCheckLocks(ctx, lockKeys); err != nil {
 		return relay.Position{}, err
 	}
-	s.q = newQueries(s.table, s.checkLocks, s.source == SourceLogical)
+	q := newQueries(s.table, s.checkLocks, s.source == SourceLogical)
+	if s.partitions > 1 {
+		partitionFilters(&q, s.table)
+	}
+	s.q = q
 	if _, err := s.pool.Exec(ctx, s.q.ensurePosition, key); err != nil {
 		return relay.Position{}, fmt.Errorf("create position row: %w", err)
+	}
+	if err := s.startPartitions(ctx, key); err != nil {
+		return relay.Position{}, err
 	}
 	s.key = key
 	pos, err := s.position(ctx)
@@ -184,7 +200,7 @@ func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) (
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, s.q.read, after.TxID, after.ID, b.Rows, b.MaxPayload)
+	rows, err := s.pool.Query(ctx, s.q.read, append([]any{after.TxID, after.ID, b.Rows, b.MaxPayload}, s.readArgs()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +245,9 @@ type execer interface {
 // record writes pos under the lease's epoch: the poll source's (txid, id),
 // or the logical source's commit LSN and id.
 func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error {
+	if s.partitions > 1 {
+		return s.recordShare(ctx, db, pos)
+	}
 	first := any(pos.TxID)
 	if s.stream.Load() != nil {
 		first = pos.LSN

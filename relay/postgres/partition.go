@@ -1,0 +1,413 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// A partitioned table (Config.Partitions > 1) is published by every live
+// replica at once: its aggregates are hashed into partitions
+// (outbox_partition, relay.Aggregate.Partition), each with a lease, a
+// position and parked rows of its own, and each replica holds a share of
+// the partitions and publishes their rows only. The core sees a replica's
+// share as one lease and one position: Acquire returns the smallest
+// position of the partitions taken, Read skips each partition's rows up to
+// its own position, and Record moves every partition held to the position
+// recorded, which is right since rows come in one order, whatever their
+// partition.
+//
+// Shares: the live replicas are those whose outbox_relay_replica row is
+// fresh and whose name a session holds. With N of them, sorted by name,
+// replica i's share is P/N partitions, one more for the first P mod N.
+// Each renewal checks the share; when it should shrink, or could grow (a
+// partition is free, lapsed or held by a replica that is gone), Renew
+// returns relay.ErrHandOver: the core finishes what is in flight, records
+// it and releases, then acquires again. A partition therefore changes
+// hands only after its holder recorded what it published, or after its
+// lease lapsed or its holder's session ended (the fencing of lease.go and
+// identity.go, per partition).
+
+// share is the partitions this replica holds, in ascending order, with the
+// epoch of each one's lease and the position it had when taken.
+type share struct {
+	parts  []int
+	keys   []string
+	epochs []int64
+	floors []relay.Position
+	// floorTx and floorID, indexed by partition, are the read's floors:
+	// NULL for partitions not held.
+	floorTx []*string
+	floorID []*int64
+}
+
+// partitionKey names partition k's row in outbox_relay_position.
+func partitionKey(table string, k int) string { return table + "#" + strconv.Itoa(k) }
+
+// partitionKeys names the rows of all n partitions of table.
+func partitionKeys(table string, n int) []string {
+	keys := make([]string, n)
+	for k := range keys {
+		keys[k] = partitionKey(table, k)
+	}
+	return keys
+}
+
+// startPartitions, at Start, partitions a table that was never published,
+// creates missing partition rows, and refuses a table partitioned another
+// number of ways (relay.ErrNotSetUp: the procedure that changes it).
+func (s *Store) startPartitions(ctx context.Context, key string) error {
+	if s.partitions > 1 {
+		if _, err := s.pool.Exec(ctx, s.pq.setPartitions, key, s.partitions); err != nil {
+			return fmt.Errorf("partition the table: %w", err)
+		}
+	}
+	var n int
+	if err := s.pool.QueryRow(ctx, s.pq.partitions, key).Scan(&n); err != nil {
+		return fmt.Errorf("read the table's partitions: %w", err)
+	}
+	want := max(s.partitions, 1)
+	if n != want {
+		return fmt.Errorf("%w: RELAY_PARTITIONS is %d, but %s is published in %d partitions; replicas with different counts would publish rows twice and out of order. "+
+			"To change it, stop every replica and run outbox-relay migrate with the new RELAY_PARTITIONS (docs/partitions.md, \"Changing the number of partitions\")",
+			relay.ErrNotSetUp, want, key, n)
+	}
+	if n > 1 {
+		if _, err := s.pool.Exec(ctx, s.pq.ensureParts, key, n); err != nil {
+			return fmt.Errorf("create partition rows: %w", err)
+		}
+	}
+	return nil
+}
+
+// livePeers heartbeats this replica and returns the live replicas' names,
+// sorted, this one's among them.
+func (s *Store) livePeers(ctx context.Context) ([]string, error) {
+	if _, err := s.pool.Exec(ctx, s.pq.beat, s.key, s.replica, s.leaseTimeout.Milliseconds()); err != nil {
+		return nil, fmt.Errorf("note this replica as running: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, s.pq.live, s.key, s.replica)
+	if err != nil {
+		return nil, fmt.Errorf("list running replicas: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list running replicas: %w", err)
+	}
+	if !slices.Contains(names, s.replica) {
+		names = append(names, s.replica)
+		slices.Sort(names)
+	}
+	return names, nil
+}
+
+// quota is this replica's share of the partitions among names.
+func (s *Store) quota(names []string) int {
+	i, n := slices.Index(names, s.replica), len(names)
+	q := s.partitions / n
+	if i < s.partitions%n {
+		q++
+	}
+	return q
+}
+
+// partState is a partition's lease as the states query reads it.
+type partState struct {
+	part   int
+	holder string
+	valid  bool // the lease has not lapsed
+	epoch  int64
+	gone   bool // its holder's session ended
+}
+
+func (s *Store) partStates(ctx context.Context) ([]partState, error) {
+	rows, err := s.pool.Query(ctx, s.pq.states, s.key, s.replica, partitionKeys(s.key, s.partitions))
+	if err != nil {
+		return nil, fmt.Errorf("read partition leases: %w", err)
+	}
+	defer rows.Close()
+	var out []partState
+	for rows.Next() {
+		var p partState
+		var key string
+		if err := rows.Scan(&key, &p.holder, &p.valid, &p.epoch, &p.gone); err != nil {
+			return nil, err
+		}
+		if p.part, err = strconv.Atoi(key[len(s.key)+1:]); err != nil {
+			return nil, fmt.Errorf("partition row %q: %w", key, err)
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b partState) int { return a.part - b.part })
+	return out, rows.Err()
+}
+
+// takeable reports whether another replica could take the partition now,
+// without waiting: free, lapsed, this replica's own name's, or its holder
+// is gone.
+func (p partState) takeable(self string) bool {
+	return p.holder == "" || !p.valid || p.holder == self || p.gone
+}
+
+// acquireShare implements Acquire for a partitioned table: it takes up to
+// this replica's share of the partitions that are free, lapsed, its own
+// name's, or whose holder's session is gone (a quiet period after it was
+// first seen gone, as Acquire), and returns the smallest of their
+// positions.
+func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
+	if err := s.ensureIdentity(ctx); err != nil {
+		return relay.Position{}, err
+	}
+	names, err := s.livePeers(ctx)
+	if err != nil {
+		return relay.Position{}, err
+	}
+	quota := s.quota(names)
+	states, err := s.partStates(ctx)
+	if err != nil {
+		return relay.Position{}, err
+	}
+	sh := &share{}
+	var own, gone []partState
+	for _, p := range states {
+		if p.holder == s.replica {
+			own = append(own, p)
+		}
+	}
+	// Its own name's first (a past term's, kept where they were), then
+	// free or lapsed ones.
+	for _, p := range append(own, states...) {
+		switch {
+		case len(sh.parts) >= quota || slices.Contains(sh.parts, p.part):
+		case p.holder == s.replica: // this process's name: no other process publishes it
+			if err := s.takePart(ctx, sh, p.part, p.epoch); err != nil {
+				return relay.Position{}, err
+			}
+		case p.holder == "" || !p.valid:
+			if err := s.takePart(ctx, sh, p.part, -1); err != nil {
+				return relay.Position{}, err
+			}
+		case p.gone:
+			gone = append(gone, p)
+		}
+	}
+	if len(sh.parts) < quota && len(gone) > 0 {
+		// Gone now; take over only if still gone, in the same term, a
+		// quiet period later, by which a live holder has stopped
+		// publishing.
+		select {
+		case <-time.After(quietPeriod):
+		case <-ctx.Done():
+			return relay.Position{}, ctx.Err()
+		}
+		again, err := s.partStates(ctx)
+		if err != nil {
+			return relay.Position{}, err
+		}
+		for _, p := range gone {
+			i := slices.IndexFunc(again, func(a partState) bool { return a.part == p.part })
+			if len(sh.parts) >= quota || i < 0 || !again[i].gone || again[i].epoch != p.epoch {
+				continue
+			}
+			if err := s.takePart(ctx, sh, p.part, p.epoch); err != nil {
+				return relay.Position{}, err
+			}
+		}
+	}
+	// What its name still holds beyond its share goes back at once.
+	var extra []string
+	for _, p := range own {
+		if !slices.Contains(sh.parts, p.part) {
+			extra = append(extra, partitionKey(s.key, p.part))
+		}
+	}
+	if len(extra) > 0 {
+		if _, err := s.pool.Exec(ctx, s.pq.releaseOwn, extra, s.replica); err != nil {
+			return relay.Position{}, fmt.Errorf("release partitions beyond this replica's share: %w", err)
+		}
+	}
+	if len(sh.parts) == 0 {
+		return relay.Position{}, fmt.Errorf("%w: every partition this replica could take is held (%d replicas running, a share of %d of %d partitions)",
+			relay.ErrLeaseHeld, len(names), quota, s.partitions)
+	}
+	s.setShare(sh)
+	s.shareTakes.Add(1)
+	low := sh.floors[0]
+	for _, f := range sh.floors[1:] {
+		if low.After(f) {
+			low = f
+		}
+	}
+	return low, nil
+}
+
+// takePart takes partition k's lease if it is free or lapsed, or still in
+// term goneEpoch (-1 for none), and adds it to sh.
+func (s *Store) takePart(ctx context.Context, sh *share, k int, goneEpoch int64) error {
+	key := partitionKey(s.key, k)
+	var epoch int64
+	var pos relay.Position
+	err := s.pool.QueryRow(ctx, s.pq.take, key, s.replica, s.leaseTimeout.Milliseconds(), goneEpoch, s.key, s.partitions).
+		Scan(&epoch, &pos.TxID, &pos.ID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // taken by another replica meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("take partition %d: %w", k, err)
+	}
+	sh.parts, sh.keys, sh.epochs, sh.floors = append(sh.parts, k), append(sh.keys, key), append(sh.epochs, epoch), append(sh.floors, pos)
+	return nil
+}
+
+// setShare installs sh, with the read's floors.
+func (s *Store) setShare(sh *share) {
+	sh.floorTx, sh.floorID = make([]*string, s.partitions), make([]*int64, s.partitions)
+	for i, k := range sh.parts {
+		tx, id := strconv.FormatUint(sh.floors[i].TxID, 10), sh.floors[i].ID
+		sh.floorTx[k], sh.floorID[k] = &tx, &id
+	}
+	s.share.Store(sh)
+}
+
+// renewShare implements Renew for a partitioned table: it renews every
+// partition held, moves the table's published prefix, and returns
+// relay.ErrHandOver when the share should change.
+func (s *Store) renewShare(ctx context.Context, state string) error {
+	sh := s.share.Load()
+	if sh == nil {
+		return relay.ErrLeaseLost
+	}
+	tag, err := s.pool.Exec(ctx, s.pq.renew, sh.keys, sh.epochs, s.replica, s.leaseTimeout.Milliseconds(), state)
+	if err != nil {
+		return fmt.Errorf("renew lease: %w", err)
+	}
+	if tag.RowsAffected() != int64(len(sh.keys)) {
+		return relay.ErrLeaseLost
+	}
+	if _, err := s.pool.Exec(ctx, s.pq.prefix, s.key, partitionKeys(s.key, s.partitions)); err != nil {
+		return fmt.Errorf("record the published prefix: %w", err)
+	}
+	names, err := s.livePeers(ctx)
+	if err != nil {
+		return err
+	}
+	quota := s.quota(names)
+	if quota < len(sh.parts) {
+		return relay.ErrHandOver
+	}
+	if quota == len(sh.parts) {
+		return nil
+	}
+	states, err := s.partStates(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range states {
+		if !slices.Contains(sh.parts, p.part) && p.takeable(s.replica) {
+			return relay.ErrHandOver
+		}
+	}
+	return nil
+}
+
+// releaseShare implements Release for a partitioned table.
+func (s *Store) releaseShare(ctx context.Context) error {
+	sh := s.share.Swap(nil)
+	if sh == nil {
+		return nil
+	}
+	if _, err := s.pool.Exec(ctx, s.pq.release, sh.keys, sh.epochs, s.replica); err != nil {
+		return fmt.Errorf("release partitions: %w", err)
+	}
+	return nil
+}
+
+// recordShare writes pos to every partition held, fenced by each one's
+// epoch.
+func (s *Store) recordShare(ctx context.Context, db execer, pos relay.Position) error {
+	sh := s.share.Load()
+	if sh == nil {
+		return relay.ErrLeaseLost
+	}
+	tag, err := db.Exec(ctx, s.pq.record, sh.keys, sh.epochs, pos.TxID, pos.ID)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() != int64(len(sh.keys)) {
+		return relay.ErrLeaseLost // another replica took a partition
+	}
+	return nil
+}
+
+// fence returns the position row and epoch that fence a write about an
+// aggregate's parked rows: its partition's, or the table's.
+func (s *Store) fence(a relay.Aggregate) (string, int64) {
+	if s.partitions <= 1 {
+		return s.key, s.epoch.Load()
+	}
+	sh := s.share.Load()
+	if sh == nil {
+		return s.key, -1
+	}
+	k := a.Partition(s.partitions)
+	if i := slices.Index(sh.parts, k); i >= 0 {
+		return sh.keys[i], sh.epochs[i]
+	}
+	return s.key, -1
+}
+
+// heldArgs are the parked-row queries' arguments that select the
+// aggregates of partitions held: none for a table that is not partitioned.
+func (s *Store) heldArgs() []any {
+	if s.partitions <= 1 {
+		return nil
+	}
+	var parts []int
+	if sh := s.share.Load(); sh != nil {
+		parts = sh.parts
+	}
+	if parts == nil {
+		parts = []int{}
+	}
+	return []any{parts, s.partitions}
+}
+
+// readArgs are the read's arguments that select the rows of partitions
+// held, after each one's position.
+func (s *Store) readArgs() []any {
+	if s.partitions <= 1 {
+		return nil
+	}
+	sh := s.share.Load()
+	if sh == nil {
+		sh = &share{floorTx: make([]*string, s.partitions), floorID: make([]*int64, s.partitions)}
+	}
+	return []any{sh.floorTx, sh.floorID, s.partitions}
+}
+
+// Share returns the partitions this replica holds (none when the table is
+// not partitioned, or while it stands by) and how many times it took a
+// share.
+func (s *Store) Share() (parts []int, takes int64) {
+	if sh := s.share.Load(); sh != nil {
+		parts = slices.Clone(sh.parts)
+	}
+	return parts, s.shareTakes.Load()
+}
+
+// leave deletes this replica's row among the running ones, at Close.
+func (s *Store) leave() {
+	if s.partitions <= 1 || s.key == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _ = s.pool.Exec(ctx, s.pq.leave, s.key, s.replica)
+}

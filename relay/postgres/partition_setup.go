@@ -1,0 +1,91 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// PartitionChange is what SetPartitions did.
+type PartitionChange struct {
+	From, To int
+	// From is where every partition starts after a change: the prefix
+	// that every old partition had published. Rows after it that a
+	// faster partition had published are published again, in order.
+	Start relay.Position
+}
+
+// SetPartitions, after Migrate, sets the number of partitions of
+// cfg.Table to cfg.Partitions (zero or one: not partitioned). A change
+// needs every replica stopped: it refuses with relay.ErrNotSetUp while any
+// lease of the table or its partitions is held. It moves every partition,
+// old and new, to the prefix all old ones had published, so each
+// aggregate's rows after it are published again in order, by whichever
+// partition now has it: duplicates, never a gap or a reordering.
+func SetPartitions(ctx context.Context, cfg Config) (PartitionChange, error) {
+	to := max(cfg.Partitions, 1)
+	conn, err := pgx.Connect(ctx, cfg.URL)
+	if err != nil {
+		return PartitionChange{}, fmt.Errorf("connect to %s: %w", Describe(cfg.URL), err)
+	}
+	defer conn.Close(context.Background())
+	var key *string
+	if err := conn.QueryRow(ctx, resolveQuery, cfg.Table.String()).Scan(&key); err != nil || key == nil {
+		return PartitionChange{}, fmt.Errorf("resolve table %s: %v", cfg.Table, err)
+	}
+	pos := cfg.Table.sibling("outbox_relay_position")
+	q := newQueries(cfg.Table, false, false)
+	change := PartitionChange{To: to}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, q.ensurePosition, *key); err != nil {
+			return err
+		}
+		// Every row of the table's, locked: a replica that starts now
+		// waits for the change.
+		var held string
+		err := tx.QueryRow(ctx, fmt.Sprintf(`
+SELECT coalesce(partitions, 1), coalesce((SELECT string_agg(DISTINCT holder, ', ') FROM %[1]s
+                   WHERE (outbox_table = $1 OR starts_with(outbox_table, $1 || '#')) AND holder IS NOT NULL AND lease_until > now()), '')
+  FROM %[1]s WHERE outbox_table = $1 FOR UPDATE`, pos), *key).Scan(&change.From, &held)
+		if err != nil {
+			return err
+		}
+		if change.From == to {
+			return nil
+		}
+		if held != "" {
+			return fmt.Errorf("%w: cannot change %s from %d to %d partitions while replicas publish it (%s hold leases); stop every replica first",
+				relay.ErrNotSetUp, *key, change.From, to, held)
+		}
+		// The prefix all old partitions published, then one partition
+		// row per new partition there.
+		err = tx.QueryRow(ctx, fmt.Sprintf(`
+SELECT txid, id FROM %s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1`, pos),
+			*key, partitionKeys(*key, change.From)).Scan(&change.Start.TxID, &change.Start.ID)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`
+UPDATE %s SET txid = $2::xid8, id = $3, partitions = $4, holder = NULL, lease_until = NULL, state = NULL, updated_at = now()
+ WHERE outbox_table = $1`, pos), *key, change.Start.TxID, change.Start.ID, to); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE starts_with(outbox_table, $1 || '#')`, pos), *key); err != nil {
+			return err
+		}
+		if to > 1 {
+			if _, err := tx.Exec(ctx, newPartitionQueries(cfg.Table).ensureParts, *key, to); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, relay.ErrNotSetUp) {
+		err = fmt.Errorf("set partitions of %s: %w", *key, err)
+	}
+	return change, err
+}
