@@ -59,7 +59,7 @@ bench:
 # verdict (lost, unexpected, order, duplicates).
 CHAOS_DURATION ?= 10m
 CHAOS_REPLICAS ?= 3
-CHAOS_SOURCES  ?= poll,logical
+CHAOS_SOURCES  ?= poll,logical,shared
 chaos:
 	$(GO) test -race -count=1 -timeout 0 -run '^TestChaos$$' -v ./cmd/outbox-relay/ \
 		-chaos.duration=$(CHAOS_DURATION) -chaos.replicas=$(CHAOS_REPLICAS) -chaos.sources=$(CHAOS_SOURCES)

@@ -20,23 +20,28 @@ import (
 
 // relayMetrics is every metric the relay exports, by type.
 var relayMetrics = map[string]string{
-	"outbox_relay_rows_published_total":         "counter",
-	"outbox_relay_publish_failures_total":       "counter",
-	"outbox_relay_dead_rows":                    "gauge",
-	"outbox_relay_parked_rows":                  "gauge",
-	"outbox_relay_pending_rows":                 "gauge",
-	"outbox_relay_oldest_pending_age_seconds":   "gauge",
-	"outbox_relay_confirm_latency_seconds":      "histogram",
-	"outbox_relay_batch_size":                   "histogram",
-	"outbox_relay_leader":                       "gauge",
-	"outbox_relay_broker_blocked":               "gauge",
-	"outbox_relay_database_up":                  "gauge",
-	"outbox_relay_broker_up":                    "gauge",
-	"outbox_relay_holdup_age_seconds":           "gauge",
-	"outbox_relay_slot_retained_wal_bytes":      "gauge",
-	"outbox_relay_retention_deleted_rows_total": "counter",
-	"outbox_relay_unlocked_rows_total":          "counter",
-	"outbox_relay_skipped_rows_total":           "counter",
+	"outbox_relay_rows_published_total":                 "counter",
+	"outbox_relay_publish_failures_total":               "counter",
+	"outbox_relay_dead_rows":                            "gauge",
+	"outbox_relay_parked_rows":                          "gauge",
+	"outbox_relay_pending_rows":                         "gauge",
+	"outbox_relay_oldest_pending_age_seconds":           "gauge",
+	"outbox_relay_confirm_latency_seconds":              "histogram",
+	"outbox_relay_batch_size":                           "histogram",
+	"outbox_relay_leader":                               "gauge",
+	"outbox_relay_broker_blocked":                       "gauge",
+	"outbox_relay_database_up":                          "gauge",
+	"outbox_relay_broker_up":                            "gauge",
+	"outbox_relay_holdup_age_seconds":                   "gauge",
+	"outbox_relay_slot_retained_wal_bytes":              "gauge",
+	"outbox_relay_retention_deleted_rows_total":         "counter",
+	"outbox_relay_unlocked_rows_total":                  "counter",
+	"outbox_relay_skipped_rows_total":                   "counter",
+	"outbox_relay_partition_held":                       "gauge",
+	"outbox_relay_partition_pending_rows":               "gauge",
+	"outbox_relay_partition_oldest_pending_age_seconds": "gauge",
+	"outbox_relay_partitions_held":                      "gauge",
+	"outbox_relay_partition_takes_total":                "counter",
 }
 
 // sharedGauges have the same value on every replica: alerts take their max,
@@ -44,6 +49,7 @@ var relayMetrics = map[string]string{
 var sharedGauges = []string{
 	"outbox_relay_dead_rows", "outbox_relay_parked_rows", "outbox_relay_pending_rows",
 	"outbox_relay_oldest_pending_age_seconds", "outbox_relay_holdup_age_seconds", "outbox_relay_slot_retained_wal_bytes",
+	"outbox_relay_partition_held", "outbox_relay_partition_pending_rows", "outbox_relay_partition_oldest_pending_age_seconds",
 }
 
 // knownSeries reports whether a series name in a query exists: a relay

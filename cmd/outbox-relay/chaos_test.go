@@ -4,8 +4,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -23,7 +25,8 @@ var (
 	chaosDuration = flag.Duration("chaos.duration", 40*time.Second,
 		"how long TestChaos injects faults (make chaos runs it for longer)")
 	chaosReplicas = flag.Int("chaos.replicas", 2, "how many relay replicas TestChaos runs (1 to 3)")
-	chaosSources  = flag.String("chaos.sources", "poll,logical", "the sources (RELAY_SOURCE) TestChaos runs with, one after the other")
+	chaosSources  = flag.String("chaos.sources", "poll,logical,shared",
+		"the sources (RELAY_SOURCE) TestChaos runs with, one after the other; shared is the poll source with three replicas all publishing (RELAY_PARTITIONS=12), which also join and leave")
 )
 
 // TestChaos runs writers (with rollbacks, and 8 connections sharing 4 hot
@@ -37,6 +40,12 @@ var (
 // (each replica reaches the servers through proxies of its own). Then it checks what was delivered against what was
 // committed: nothing lost, nothing rolled back delivered, per-aggregate
 // order intact, duplicates within one in-flight window per fault.
+//
+// The shared run has three replicas share the work in 12 partitions
+// (RELAY_PARTITIONS): the faults hit any replica, not only a leader, and
+// replicas also leave (SIGTERM) and join; after each fault every partition
+// must be held again, by a replica that renewed its lease after the fault
+// ended, within the lease timeout.
 func TestChaos(t *testing.T) {
 	t.Parallel()
 	for _, source := range strings.Split(*chaosSources, ",") {
@@ -45,7 +54,11 @@ func TestChaos(t *testing.T) {
 }
 
 func chaos(t *testing.T, source string) {
-	const lease = 2 * time.Second
+	const lease, parts = 2 * time.Second, 12
+	shared := source == "shared"
+	if shared {
+		source = "poll"
+	}
 	pg := testenv.NewPostgresServer(t)
 	node := testenv.NewRabbitServer(t)
 	db := pg.Database(t)
@@ -57,24 +70,46 @@ func chaos(t *testing.T, source string) {
 	gaps := &gapMeter{}
 	r := newRigOnNode(t, db, node.URL, consumerURL, gaps.tick, "RELAY_LEASE_TIMEOUT="+lease.String())
 	r.useSource(t, source)
+	if shared {
+		r.env = append(r.env, fmt.Sprintf("RELAY_PARTITIONS=%d", parts))
+	}
 	r.writeThrough(t, 6, true)
 	r.contend(t, 8, true, true) // hot aggregates shared by concurrent writers
 
 	if *chaosReplicas < 1 || *chaosReplicas > 3 {
 		t.Fatalf("-chaos.replicas=%d: want 1 to 3", *chaosReplicas)
 	}
+	n := *chaosReplicas
+	if shared {
+		n = 4 // three run at first; the fourth joins
+	}
 	replicas := map[string]*proc{}
 	links := map[string]*serverLinks{}
+	running := map[string]bool{}
 	startReplica := func(name string) {
 		replicas[name] = start(t, append(r.env, links[name].env...))
+		running[name] = true
 	}
-	for i := range *chaosReplicas {
+	for i := range n {
 		name := fmt.Sprintf("c%d", i+1)
 		links[name] = newServerLinks(t, db, node.URL, name)
-		startReplica(name)
+		if !shared || i < 3 {
+			startReplica(name)
+		}
 	}
+	// leader is the replica a fault hits: the leader, or with shared work
+	// any running replica.
 	leader := func() string { return r.leader(t, "", 30*time.Second) }
-	leader()
+	if shared {
+		leader = func() string {
+			names := slices.Sorted(maps.Keys(running))
+			return names[rand.N(len(names))]
+		}
+		r.balanced(t, parts, time.Now(), lease, "c1", "c2", "c3")
+	} else {
+		leader()
+	}
+	heldAgain := map[string]time.Duration{} // the longest, by kind, from a fault's end until every partition was held again
 
 	faults := map[string]int{}
 	end := time.Now().Add(*chaosDuration)
@@ -82,6 +117,9 @@ func chaos(t *testing.T, source string) {
 		time.Sleep(time.Duration(300+rand.N(1200)) * time.Millisecond)
 		kinds := []string{"kill", "freeze", "close", "stop_app", "alarm", "disk_alarm", "terminate", "pg_restart",
 			"cut_db", "cut_broker", "stall_db", "stall_broker"}
+		if shared {
+			kinds = append(kinds, "leave", "join")
+		}
 		kind := kinds[rand.N(len(kinds))]
 		before, at := faults[kind], time.Now()
 		switch kind {
@@ -133,6 +171,21 @@ func chaos(t *testing.T, source string) {
 			if p.Cut() > 0 {
 				faults[kind]++
 			}
+		case "leave":
+			if len(running) > 2 {
+				name := leader()
+				stopClean(t, replicas[name])
+				delete(running, name)
+				faults[kind]++
+			}
+		case "join":
+			for _, name := range slices.Sorted(maps.Keys(links)) {
+				if !running[name] {
+					startReplica(name)
+					faults[kind]++
+					break
+				}
+			}
 		case "stall_db", "stall_broker":
 			// Up to twice the lease: long enough, often, for the leader
 			// to lose it while its connections hang.
@@ -148,17 +201,35 @@ func chaos(t *testing.T, source string) {
 		}
 		if faults[kind] > before {
 			gaps.fault(kind, at)
+			if shared {
+				// Every partition held again by a replica that renewed its
+				// lease after the fault ended.
+				ended := time.Now()
+				deadline := ended.Add(30 * time.Second)
+				for {
+					if _, held := r.shares(t, ended, lease); held == parts {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("after %s, not every partition was held again within 30s", kind)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				heldAgain[kind] = max(heldAgain[kind], time.Since(ended))
+			}
 		}
 	}
 
 	r.wrote(t, 100) // writes after the last fault, too
 	r.stopWrites()
 	r.drained(t)
-	for _, p := range replicas {
+	for name, p := range replicas {
 		select {
-		case <-p.done: // killed earlier and replaced
+		case <-p.done: // killed earlier and replaced, or left
 		default:
-			stopClean(t, p)
+			if running[name] {
+				stopClean(t, p)
+			}
 		}
 	}
 	total := 0
@@ -171,7 +242,27 @@ func chaos(t *testing.T, source string) {
 	rep := r.check(t, total*window)
 	t.Logf("chaos for %s: %d faults (%s); %s; longest gap between deliveries %s; longest gap after a fault, by kind: %s",
 		*chaosDuration, total, strings.Join(kinds, ", "), rep, gaps.longest().Round(time.Millisecond), gaps.afterFaults())
+	if shared {
+		// A fault that hits one replica moves its partitions to the others
+		// within the lease timeout. After one that hits every replica (a
+		// server down, every connection closed) each comes back on its own
+		// retry backoff (RetryMin doubling to RetryMax), not on a hand-over.
+		var held []string
+		for _, kind := range slices.Sorted(maps.Keys(heldAgain)) {
+			d := heldAgain[kind]
+			held = append(held, fmt.Sprintf("%s %s", kind, d.Round(time.Millisecond)))
+			if oneReplica[kind] && d > lease {
+				t.Errorf("after %s, every partition was held again only %s after the fault ended, more than the lease timeout %s", kind, d, lease)
+			}
+		}
+		t.Logf("every partition held again after a fault ended, longest by kind: %s", strings.Join(held, ", "))
+	}
 }
+
+// oneReplica are the faults that hit one replica, not a server every
+// replica uses.
+var oneReplica = map[string]bool{"kill": true, "freeze": true, "leave": true, "join": true,
+	"cut_db": true, "cut_broker": true, "stall_db": true, "stall_broker": true}
 
 // serverLinks are one replica's proxies to the database and the broker, and
 // the environment that points the replica at them.

@@ -134,6 +134,12 @@ func (m *Main) open(storeCfg postgres.Config, brokerCfg rabbitmq.Config, relayCf
 		}
 	}
 	m.metrics = metrics.New(m.broker.Connected)
+	if storeCfg.Partitions > 1 {
+		m.metrics.Share(func() (int, int64) {
+			parts, takes := m.store.Share()
+			return len(parts), takes
+		})
+	}
 	// One log line when a long transaction has held rows back for 10 s
 	// (the default threshold), one when it ends; not for the logical
 	// source, which no open transaction holds back.

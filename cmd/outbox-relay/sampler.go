@@ -72,6 +72,13 @@ func (s *sampler) runOnce(ctx context.Context) *metrics.Sample {
 	}
 	sample := &metrics.Sample{Pending: st.Pending, Parked: st.Parked, Dead: st.Dead,
 		OldestPendingAgeSeconds: st.OldestPendingAgeSeconds}
+	for _, p := range st.Partitions {
+		ps := metrics.PartitionSample{Partition: p.Partition, Pending: p.Pending, OldestPendingAgeSeconds: p.OldestPendingAgeSeconds}
+		if p.LeaseRemainingSeconds > 0 {
+			ps.Holder = p.Holder
+		}
+		sample.Partitions = append(sample.Partitions, ps)
+	}
 	if x != nil {
 		sample.HoldupAgeSeconds = x.AgeSeconds
 	}

@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/outboxrelay/outboxrelay/relay"
@@ -67,6 +70,8 @@ func printStatus(stdout io.Writer, st postgres.Status, policy string) {
 	fmt.Fprintf(stdout, "parked                %d\n", st.Parked)
 	fmt.Fprintf(stdout, "oldest pending age    %.1fs\n", st.OldestPendingAgeSeconds)
 	switch {
+	case st.PartitionCount > 1:
+		printPartitions(stdout, st)
 	case st.Leader == "":
 		fmt.Fprintf(stdout, "leader                none\n")
 	case st.LeaseRemainingSeconds < 0:
@@ -94,5 +99,33 @@ func printStatus(stdout io.Writer, st postgres.Status, policy string) {
 			reader = "read"
 		}
 		fmt.Fprintf(stdout, "slot                  %s, %s, confirmed %s, retains %d bytes of WAL (%s)\n", sl.Name, reader, sl.ConfirmedLSN, sl.RetainedWALBytes, sl.WALStatus)
+	}
+}
+
+// printPartitions describes a table whose work replicas share: who holds
+// each partition, and how far it lags.
+func printPartitions(stdout io.Writer, st postgres.Status) {
+	held := map[string]int{}
+	for _, p := range st.Partitions {
+		if p.Holder != "" && p.LeaseRemainingSeconds > 0 {
+			held[p.Holder]++
+		}
+	}
+	names := slices.Sorted(maps.Keys(held))
+	shares := make([]string, len(names))
+	for i, n := range names {
+		shares[i] = fmt.Sprintf("%s %d", n, held[n])
+	}
+	fmt.Fprintf(stdout, "partitions            %d, held by %d replicas (%s)\n", st.PartitionCount, len(names), strings.Join(shares, ", "))
+	for _, p := range st.Partitions {
+		holder := "none"
+		switch {
+		case p.Holder == "":
+		case p.LeaseRemainingSeconds < 0:
+			holder = fmt.Sprintf("%s (lease lapsed %.1fs ago)", p.Holder, -p.LeaseRemainingSeconds)
+		default:
+			holder = fmt.Sprintf("%s (lease %.1fs left, epoch %d)", p.Holder, p.LeaseRemainingSeconds, p.Epoch)
+		}
+		fmt.Fprintf(stdout, "  partition %-4d      %s; pending %d, oldest %.1fs; position %s\n", p.Partition, holder, p.Pending, p.OldestPendingAgeSeconds, p.Position)
 	}
 }

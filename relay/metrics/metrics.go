@@ -7,6 +7,7 @@ package metrics
 
 import (
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,12 @@ type Metrics struct {
 	retentionDeleted prometheus.Counter
 	unlocked         prometheus.Counter
 	skipped          prometheus.Counter
+	// A table whose work replicas share (RELAY_PARTITIONS): each
+	// partition's holder and lag, as sampled.
+	partitionHeld    *prometheus.GaugeVec
+	partitionPending *prometheus.GaugeVec
+	partitionAge     *prometheus.GaugeVec
+	f                promauto.Factory
 
 	health
 }
@@ -98,6 +105,14 @@ func New(brokerUp func() bool) *Metrics {
 	m.skipped = f.NewCounter(prometheus.CounterOpts{Name: "skipped_rows_total",
 		Help: "Rows that died under RELAY_DEAD_ROWS=skip: their aggregates went on without them " +
 			"(the next message of each names them in its outbox_skipped header)."})
+	m.partitionHeld = f.NewGaugeVec(prometheus.GaugeOpts{Name: "partition_held",
+		Help: "RELAY_PARTITIONS > 1: 1 for each partition and the replica holding its lease, 0 with holder \"\" for a partition no replica holds."},
+		[]string{"partition", "holder"})
+	m.partitionPending = f.NewGaugeVec(prometheus.GaugeOpts{Name: "partition_pending_rows",
+		Help: "RELAY_PARTITIONS > 1: committed rows of each partition after its position."}, []string{"partition"})
+	m.partitionAge = f.NewGaugeVec(prometheus.GaugeOpts{Name: "partition_oldest_pending_age_seconds",
+		Help: "RELAY_PARTITIONS > 1: age of each partition's oldest pending row; 0 when none is pending."}, []string{"partition"})
+	m.f = f
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -113,6 +128,16 @@ type Sample struct {
 	OldestPendingAgeSeconds float64
 	HoldupAgeSeconds        float64 // 0 when no transaction holds rows back
 	SlotRetainedWALBytes    int64   // the logical source's slot; 0 without one
+	// Partitions, for a table whose work replicas share; nil otherwise.
+	Partitions []PartitionSample
+}
+
+// PartitionSample is one partition's state, as read from the database.
+type PartitionSample struct {
+	Partition               int
+	Holder                  string // empty when no replica holds its lease
+	Pending                 int64
+	OldestPendingAgeSeconds float64
 }
 
 // Observe records a sample of the outbox's state; a nil sample means the
@@ -135,6 +160,25 @@ func (m *Metrics) Observe(s *Sample) {
 	m.dead.Set(float64(s.Dead))
 	m.holdupAge.Set(s.HoldupAgeSeconds)
 	m.slotWAL.Set(float64(s.SlotRetainedWALBytes))
+	m.partitionHeld.Reset() // holders change: no stale pairs
+	for _, p := range s.Partitions {
+		k := strconv.Itoa(p.Partition)
+		m.partitionHeld.WithLabelValues(k, p.Holder).Set(b2f(p.Holder != ""))
+		m.partitionPending.WithLabelValues(k).Set(float64(p.Pending))
+		m.partitionAge.WithLabelValues(k).Set(p.OldestPendingAgeSeconds)
+	}
+}
+
+// Share exports this replica's share of a table whose work replicas
+// share: how many partitions it holds, and how many times it took a share
+// (at its start, and after every hand-over).
+func (m *Metrics) Share(share func() (held int, takes int64)) {
+	m.f.NewGaugeFunc(prometheus.GaugeOpts{Name: "partitions_held",
+		Help: "RELAY_PARTITIONS > 1: partitions this replica holds and publishes."},
+		func() float64 { h, _ := share(); return float64(h) })
+	m.f.NewCounterFunc(prometheus.CounterOpts{Name: "partition_takes_total",
+		Help: "RELAY_PARTITIONS > 1: times this replica took its share of the partitions: at its start, and after each hand-over (a replica joined or left)."},
+		func() float64 { _, t := share(); return float64(t) })
 }
 
 // RetentionDeleted counts rows deleted by retention.

@@ -38,6 +38,7 @@ func TestExportsEveryMetric(t *testing.T) {
 	m.Blocked(true)
 	m.Observe(&Sample{Pending: 7, Parked: 2, Dead: 1, OldestPendingAgeSeconds: 12.5, HoldupAgeSeconds: 30, SlotRetainedWALBytes: 4096})
 	m.RetentionDeleted(1000)
+	m.Share(func() (int, int64) { return 4, 3 })
 	text := scrape(t, m)
 	for _, want := range []string{
 		"outbox_relay_rows_published_total 3",
@@ -56,6 +57,8 @@ func TestExportsEveryMetric(t *testing.T) {
 		"outbox_relay_holdup_age_seconds 30",
 		"outbox_relay_slot_retained_wal_bytes 4096",
 		"outbox_relay_retention_deleted_rows_total 1000",
+		"outbox_relay_partitions_held 4",
+		"outbox_relay_partition_takes_total 3",
 		"go_goroutines",
 		"process_resident_memory_bytes",
 	} {
@@ -66,6 +69,28 @@ func TestExportsEveryMetric(t *testing.T) {
 	m.Observe(nil)
 	if text := scrape(t, m); !strings.Contains(text, "outbox_relay_database_up 0\n") {
 		t.Error("a failed sample does not set database_up to 0")
+	}
+}
+
+// TestPartitionMetrics: each partition's holder, pending rows and lag, and
+// no stale holder once a partition changed hands.
+func TestPartitionMetrics(t *testing.T) {
+	m := New(nil)
+	m.Observe(&Sample{Partitions: []PartitionSample{{Partition: 0, Holder: "r1", Pending: 5, OldestPendingAgeSeconds: 2}, {Partition: 1}}})
+	m.Observe(&Sample{Partitions: []PartitionSample{{Partition: 0, Holder: "r2", Pending: 3, OldestPendingAgeSeconds: 1}, {Partition: 1}}})
+	text := scrape(t, m)
+	for _, want := range []string{
+		`outbox_relay_partition_held{holder="r2",partition="0"} 1`,
+		`outbox_relay_partition_held{holder="",partition="1"} 0`,
+		`outbox_relay_partition_pending_rows{partition="0"} 3`,
+		`outbox_relay_partition_oldest_pending_age_seconds{partition="0"} 1`,
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(text, `holder="r1"`) {
+		t.Error("partition 0's old holder r1 is still exported")
 	}
 }
 

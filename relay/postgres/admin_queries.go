@@ -6,6 +6,9 @@ import "fmt"
 // dead rows, the hold-up probe and replay reads. None of it writes rows the
 // relay publishes; retry and drop only flag parked rows for the leader.
 type adminQueries struct {
+	// partitionCount and partitionStatus describe a table whose work
+	// replicas share (RELAY_PARTITIONS).
+	partitionCount, partitionStatus string
 	// status reads the position row and counts pending rows after it (range
 	// scan of outbox_pkey (txid, id)).
 	status string
@@ -59,6 +62,20 @@ SELECT p.txid, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''), coalesce(p.s
   LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
  WHERE p.outbox_table = $1
  GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.state, p.lease_until`, pos, outbox),
+		partitionCount: fmt.Sprintf(`SELECT coalesce(partitions, 1) FROM %s WHERE outbox_table = $1`, pos),
+		// One range scan per partition, from its position: status and the
+		// metrics' sampler read it, not the relay's publishing.
+		partitionStatus: fmt.Sprintf(`
+SELECT k.part, p.txid, p.id, p.epoch, coalesce(p.holder, ''), coalesce(p.state, ''),
+       coalesce(extract(epoch FROM p.lease_until - now()), 0)::float8, x.n, x.age
+  FROM %[1]s p
+ CROSS JOIN LATERAL (SELECT substr(p.outbox_table, length($1) + 2)::int AS part) k
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8 AS age
+         FROM %[2]s o
+        WHERE (o.txid, o.id) > (p.txid, p.id) AND %[3]s(o.aggregate_type, o.aggregate_id, $2) = k.part) x
+ WHERE starts_with(p.outbox_table, $1 || '#')
+ ORDER BY k.part`, pos, outbox, t.sibling("outbox_partition")),
 		pendingAll: fmt.Sprintf(
 			`SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM %s`, outbox),
 		deadCount: fmt.Sprintf(`

@@ -352,15 +352,19 @@ func (s *Store) fence(a relay.Aggregate) (string, int64) {
 	if s.partitions <= 1 {
 		return s.key, s.epoch.Load()
 	}
-	sh := s.share.Load()
-	if sh == nil {
-		return s.key, -1
+	return s.partitionFence(s.key, a.Partition(s.partitions))
+}
+
+// partitionFence returns partition k's row of the table key and the
+// epoch under which this replica holds it, -1 if it does not.
+func (s *Store) partitionFence(key string, k int) (string, int64) {
+	fence := partitionKey(key, k)
+	if sh := s.share.Load(); sh != nil {
+		if i := slices.Index(sh.parts, k); i >= 0 {
+			return fence, sh.epochs[i]
+		}
 	}
-	k := a.Partition(s.partitions)
-	if i := slices.Index(sh.parts, k); i >= 0 {
-		return sh.keys[i], sh.epochs[i]
-	}
-	return s.key, -1
+	return fence, -1
 }
 
 // heldArgs are the parked-row queries' arguments that select the

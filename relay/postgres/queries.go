@@ -196,9 +196,9 @@ SELECT count(*) FILTER (WHERE attname = 'txid' AND atttypid = 'xid8'::regtype) =
  WHERE attrelid = to_regclass($1) AND attname IN ('txid', 'lock_keys') AND NOT attisdropped`
 
 // pruneQuery is retention's (retention.go) delete of one batch of
-// published rows of table t, fenced on the lease: the position row must
-// name this replica, its epoch and an unexpired lease, or the batch is
-// empty. The batch is the next $6 rows after the cursor ($4, $5) and at or
+// published rows of table t, fenced on the lease: the position row $8 (the
+// table's, or partition 0's of a partitioned table) must name this
+// replica, its epoch and an unexpired lease, or the batch is empty. The batch is the next $6 rows after the cursor ($4, $5) and at or
 // before the recorded position: both bounds are index conditions of one
 // range scan of outbox_pkey (txid, id) (the position comes in as scalar
 // subqueries so the planner can use it as a bound, not a join filter). Of
@@ -211,8 +211,9 @@ func pruneQuery(t Table) string {
 	outbox, pos, parked := t.sql(), t.sibling("outbox_relay_position"), t.sibling("outbox_relay_parked")
 	return fmt.Sprintf(`
 WITH lease AS MATERIALIZED (
-  SELECT txid, id FROM %[2]s
-   WHERE outbox_table = $1 AND holder = $2 AND epoch = $3 AND lease_until > now()
+  SELECT t.txid, t.id FROM %[2]s t
+   WHERE t.outbox_table = $1
+     AND EXISTS (SELECT 1 FROM %[2]s l WHERE l.outbox_table = $8 AND l.holder = $2 AND l.epoch = $3 AND l.lease_until > now())
 ), batch AS MATERIALIZED (
   SELECT o.id, o.txid, o.created_at
     FROM %[1]s o

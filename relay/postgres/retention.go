@@ -109,8 +109,9 @@ func (c RetentionConfig) Validate() error {
 }
 
 // Retention is the leader's background deletion of published rows. Every
-// replica runs one; only the one that holds the lease deletes anything,
-// since every batch is fenced on the lease.
+// replica runs one; only the one that holds the lease (of partition 0, when
+// replicas share the table) deletes anything, since every batch is fenced
+// on that lease.
 type Retention struct {
 	store *Store
 	cfg   RetentionConfig
@@ -225,8 +226,12 @@ func (r *Retention) pruneBatch(ctx context.Context, key string, after relay.Posi
 			strconv.FormatInt(cfg.Timeout.Milliseconds(), 10), strconv.FormatInt(retentionLockTimeout.Milliseconds(), 10)); err != nil {
 			return err
 		}
-		err := tx.QueryRow(ctx, r.prune, key, s.replica, s.epoch.Load(), after.TxID, after.ID,
-			cfg.Batch, cfg.Retention.Milliseconds()).Scan(&b.deleted, &b.scanned, &b.last.TxID, &b.last.ID, &b.young)
+		fence, epoch := key, s.epoch.Load()
+		if s.partitions > 1 {
+			fence, epoch = s.partitionFence(key, 0)
+		}
+		err := tx.QueryRow(ctx, r.prune, key, s.replica, epoch, after.TxID, after.ID,
+			cfg.Batch, cfg.Retention.Milliseconds(), fence).Scan(&b.deleted, &b.scanned, &b.last.TxID, &b.last.ID, &b.young)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // nothing left to look at, or not the lease holder
 		}

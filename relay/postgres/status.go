@@ -27,6 +27,25 @@ type Status struct {
 	Epoch                   int64     `json:"epoch"`                   // lease epoch (fencing token)
 	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
 	Slot                    *Slot     `json:"slot,omitempty"` // the logical source's
+	// PartitionCount is how many partitions share the table's work
+	// (RELAY_PARTITIONS); 1 when one replica publishes it all. With more,
+	// Position is the prefix every partition has published, Pending and
+	// OldestPendingAgeSeconds add up the partitions', Leader is empty,
+	// and Partitions has each one's holder and lag.
+	PartitionCount int         `json:"partition_count"`
+	Partitions     []Partition `json:"partitions,omitempty"`
+}
+
+// Partition is one partition of a table whose work replicas share.
+type Partition struct {
+	Partition               int     `json:"partition"`
+	Holder                  string  `json:"holder"` // empty if none
+	HolderState             string  `json:"holder_state"`
+	LeaseRemainingSeconds   float64 `json:"lease_remaining_seconds"` // negative once lapsed
+	Epoch                   int64   `json:"epoch"`
+	Position                string  `json:"position"`
+	Pending                 int64   `json:"pending"`
+	OldestPendingAgeSeconds float64 `json:"oldest_pending_age_seconds"`
 }
 
 // Slot is the logical source's replication slot.
@@ -57,7 +76,7 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	st := Status{Table: key, Position: "none"}
+	st := Status{Table: key, Position: "none", PartitionCount: 1}
 	var pos relay.Position
 	err = a.pool.QueryRow(ctx, a.q.status, key).Scan(&pos.TxID, &pos.ID, &st.PositionUpdatedAt, &st.Epoch, &st.Leader, &st.LeaderState,
 		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds)
@@ -72,6 +91,9 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		return Status{}, fmt.Errorf("read position: %w", err)
 	default:
 		st.Position = pos.String()
+		if err := a.partitionStatus(ctx, key, &st); err != nil {
+			return Status{}, err
+		}
 	}
 	if err := a.pool.QueryRow(ctx, a.q.deadCount, key).Scan(&st.Dead, &st.Parked, &st.DeadAggregates); err != nil {
 		return Status{}, fmt.Errorf("count dead rows: %w", err)
@@ -106,4 +128,35 @@ func (a *Admin) slotStatus(ctx context.Context, key string) (*Slot, error) {
 	}
 	sl.Exists = true
 	return sl, nil
+}
+
+// partitionStatus fills in the partitions of a table whose work replicas
+// share: each one's lease, position and pending rows.
+func (a *Admin) partitionStatus(ctx context.Context, key string, st *Status) error {
+	if err := a.pool.QueryRow(ctx, a.q.partitionCount, key).Scan(&st.PartitionCount); err != nil {
+		return fmt.Errorf("read partitions: %w", err)
+	}
+	if st.PartitionCount <= 1 {
+		return nil
+	}
+	rows, err := a.pool.Query(ctx, a.q.partitionStatus, key, st.PartitionCount)
+	if err != nil {
+		return fmt.Errorf("read partitions: %w", err)
+	}
+	defer rows.Close()
+	st.Leader, st.LeaderState, st.LeaseRemainingSeconds, st.Epoch = "", "", 0, 0
+	st.Pending, st.OldestPendingAgeSeconds = 0, 0
+	for rows.Next() {
+		var p Partition
+		var pos relay.Position
+		if err := rows.Scan(&p.Partition, &pos.TxID, &pos.ID, &p.Epoch, &p.Holder, &p.HolderState, &p.LeaseRemainingSeconds,
+			&p.Pending, &p.OldestPendingAgeSeconds); err != nil {
+			return fmt.Errorf("read partitions: %w", err)
+		}
+		p.Position = pos.String()
+		st.Pending += p.Pending
+		st.OldestPendingAgeSeconds = max(st.OldestPendingAgeSeconds, p.OldestPendingAgeSeconds)
+		st.Partitions = append(st.Partitions, p)
+	}
+	return rows.Err()
 }
