@@ -201,7 +201,7 @@ func (r *rig) settle(t *testing.T) {
 func (r *rig) where(t *testing.T) string {
 	var pending int
 	if err := r.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox o, outbox_relay_position p
-		WHERE (o.txid, o.id) > (p.txid, p.id)`).Scan(&pending); err != nil {
+		WHERE p.outbox_table = 'public.outbox' AND (o.txid, o.id) > (p.txid, p.id)`).Scan(&pending); err != nil {
 		return err.Error()
 	}
 	ch, err := r.broker.Dial(t).Channel()
@@ -217,7 +217,7 @@ func (r *rig) where(t *testing.T) string {
 	lost := r.ledger.Lost(50)
 	var where string
 	if err := r.pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM outbox WHERE event_id::text = ANY($1)),
-		(SELECT count(*) FROM outbox), (SELECT txid::text || '/' || id FROM outbox_relay_position),
+		(SELECT count(*) FROM outbox), (SELECT txid::text || '/' || id FROM outbox_relay_position WHERE outbox_table = 'public.outbox'),
 		(SELECT string_agg(txid::text || '/' || id, ' ' ORDER BY txid, id) FROM outbox WHERE event_id::text = ANY($1))`, lost).Scan(&inTable, &total, &pos, &where); err != nil {
 		return err.Error()
 	}
@@ -264,7 +264,7 @@ func stopClean(t *testing.T, p *proc) {
 	}
 }
 
-func TestSIGKILLLosesNothing(t *testing.T) { bothSources(t, testSIGKILLLosesNothing) }
+func TestSIGKILLLosesNothing(t *testing.T) { everySource(t, testSIGKILLLosesNothing) }
 
 func testSIGKILLLosesNothing(t *testing.T, source string) {
 	t.Parallel()
@@ -290,7 +290,7 @@ func testSIGKILLLosesNothing(t *testing.T, source string) {
 	t.Logf("SIGKILL x%d: %.1f duplicates per kill (bound %d)", kills, float64(rep.Duplicates)/kills, window)
 }
 
-func TestSIGTERMLeavesNoDuplicates(t *testing.T) { bothSources(t, testSIGTERMLeavesNoDuplicates) }
+func TestSIGTERMLeavesNoDuplicates(t *testing.T) { everySource(t, testSIGTERMLeavesNoDuplicates) }
 
 func testSIGTERMLeavesNoDuplicates(t *testing.T, source string) {
 	t.Parallel()
@@ -312,7 +312,7 @@ func testSIGTERMLeavesNoDuplicates(t *testing.T, source string) {
 }
 
 func TestRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T) {
-	bothSources(t, testRecoversFromClosedConnectionsAndTerminatedBackends)
+	everySource(t, testRecoversFromClosedConnectionsAndTerminatedBackends)
 }
 
 func testRecoversFromClosedConnectionsAndTerminatedBackends(t *testing.T, source string) {
@@ -383,7 +383,7 @@ func recovered(t *testing.T, addr string) {
 // TestSurvivesPostgresCrashRestarts is RELIABILITY entry 14: the database
 // restarts without a shutdown checkpoint, three times, under load.
 func TestSurvivesPostgresCrashRestarts(t *testing.T) {
-	bothSources(t, testSurvivesPostgresCrashRestarts)
+	everySource(t, testSurvivesPostgresCrashRestarts)
 }
 
 func testSurvivesPostgresCrashRestarts(t *testing.T, source string) {

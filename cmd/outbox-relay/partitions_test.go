@@ -131,3 +131,34 @@ func TestPartitionsShareTheWork(t *testing.T) {
 	}
 	t.Logf("%s", rep)
 }
+
+// TestPartitionCountIsChecked: migrate with RELAY_PARTITIONS sets the
+// table's count; a replica with another count exits 2 naming the procedure,
+// and so does one that asks for partitions of the logical source.
+func TestPartitionCountIsChecked(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	code, out := runCmd(t, append(r.env, "RELAY_PARTITIONS=4"), "migrate")
+	if code != 0 || !strings.Contains(out, "partitions: 4, was 1") {
+		t.Fatalf("migrate with RELAY_PARTITIONS=4: exit %d: %s", code, out)
+	}
+	if code, out := runCmd(t, append(r.env, "RELAY_PARTITIONS=4"), "migrate"); code != 0 || !strings.Contains(out, "partitions: 4 (unchanged)") {
+		t.Fatalf("migrate again: exit %d: %s", code, out)
+	}
+	if code, out := runCmd(t, r.env, "migrate"); code != 0 || strings.Contains(out, "partitions") {
+		t.Fatalf("migrate without RELAY_PARTITIONS: exit %d, or it changed the count: %s", code, out)
+	}
+	for _, n := range []string{"1", "2"} {
+		code, out := runCmd(t, append(r.env, "RELAY_PARTITIONS="+n), "run")
+		if code != 2 || !strings.Contains(out, "RELAY_PARTITIONS is "+n) || !strings.Contains(out, "docs/partitions.md") {
+			t.Fatalf("run with RELAY_PARTITIONS=%s on a table in 4: exit %d, want 2 naming the procedure: %s", n, code, out)
+		}
+	}
+	code, out = runCmd(t, append(r.env, "RELAY_PARTITIONS=4", "RELAY_SOURCE=logical"), "run")
+	if code != 2 || !strings.Contains(out, "RELAY_PARTITIONS") || !strings.Contains(out, "logical source") {
+		t.Fatalf("run with RELAY_PARTITIONS=4 and the logical source: exit %d, want 2: %s", code, out)
+	}
+	if st := relayStatus(t, r.dbURL); st.PartitionCount != 4 || len(st.Partitions) != 4 {
+		t.Fatalf("status: %d partitions, %d listed; want 4", st.PartitionCount, len(st.Partitions))
+	}
+}

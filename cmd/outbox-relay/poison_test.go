@@ -57,7 +57,7 @@ func (r *rig) deadRows(t *testing.T) map[int64]string {
 // good rows of other aggregates are delivered exactly once, the bad ones
 // end dead with the broker's reason, and the relay never reconnects
 // because of them.
-func TestRejectedRowsTouchNoOtherRow(t *testing.T) { bothSources(t, testRejectedRowsTouchNoOtherRow) }
+func TestRejectedRowsTouchNoOtherRow(t *testing.T) { everySource(t, testRejectedRowsTouchNoOtherRow) }
 
 func testRejectedRowsTouchNoOtherRow(t *testing.T, source string) {
 	t.Parallel()
@@ -127,7 +127,7 @@ var overLong = []struct {
 // connection down on every retry and stop the whole table. Each such row is
 // dead at once with its reason, before it is sent; every good row is
 // delivered; the relay keeps one connection.
-func TestRowsAMQPCannotCarryAreDead(t *testing.T) { bothSources(t, testRowsAMQPCannotCarryAreDead) }
+func TestRowsAMQPCannotCarryAreDead(t *testing.T) { everySource(t, testRowsAMQPCannotCarryAreDead) }
 
 func testRowsAMQPCannotCarryAreDead(t *testing.T, source string) {
 	t.Parallel()

@@ -21,12 +21,27 @@ func bothSources(t *testing.T, test func(t *testing.T, source string)) {
 	}
 }
 
+// everySource is bothSources, and the poll source with the table in four
+// partitions ("shared", RELAY_PARTITIONS=4), which one replica holds
+// alone: the partitioned read, record and parked rows under the test's
+// faults.
+func everySource(t *testing.T, test func(t *testing.T, source string)) {
+	t.Parallel()
+	for _, source := range []string{"poll", "logical", "shared"} {
+		t.Run(source, func(t *testing.T) { test(t, source) })
+	}
+}
+
 // useSource sets the rig's relays up to read from source. For logical it
 // runs outbox-relay migrate, which creates the publication and the slot,
 // before any row is written.
 func (r *rig) useSource(t *testing.T, source string) {
 	t.Helper()
-	if source == "poll" {
+	switch source {
+	case "poll":
+		return
+	case "shared":
+		r.env = append(r.env, "RELAY_PARTITIONS=4")
 		return
 	}
 	testenv.SkipUnlessLogical(t, r.dbURL)
