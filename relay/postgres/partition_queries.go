@@ -66,10 +66,16 @@ SELECT replica FROM %s
  WHERE outbox_table = $1 AND alive_until > now() AND (replica = $2 OR NOT %s)
  ORDER BY replica`, members, nameFreeSQL("replica")),
 		leave: fmt.Sprintf(`DELETE FROM %s WHERE outbox_table = $1 AND replica = $2`, members),
+		// Each holder's name lock is tried once, however many partitions
+		// it holds.
 		states: fmt.Sprintf(`
-SELECT outbox_table, coalesce(holder, ''), coalesce(lease_until > now(), false), epoch,
-       holder IS NOT NULL AND holder <> $2 AND %s
-  FROM %s WHERE outbox_table = ANY($3)`, nameFreeSQL("holder"), pos),
+WITH g AS MATERIALIZED (
+  SELECT d.holder, %[1]s AS gone
+    FROM (SELECT DISTINCT holder FROM %[2]s WHERE outbox_table = ANY($3) AND holder IS NOT NULL AND holder <> $2) d
+)
+SELECT p.outbox_table, coalesce(p.holder, ''), coalesce(p.lease_until > now(), false), p.epoch, coalesce(g.gone, false)
+  FROM %[2]s p LEFT JOIN g ON g.holder = p.holder
+ WHERE p.outbox_table = ANY($3)`, nameFreeSQL("d.holder"), pos),
 		take: fmt.Sprintf(`
 UPDATE %[1]s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond',
        state = 'publishing'
