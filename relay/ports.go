@@ -20,7 +20,9 @@ type Store interface {
 	Read(ctx context.Context, after Position, b Batch) ([]Row, error)
 	// Acquire takes the lease that makes this replica the one publisher of
 	// the table, and returns the recorded position. It fails with an error
-	// wrapping ErrLeaseHeld while another replica holds the lease.
+	// wrapping ErrLeaseHeld while another replica holds the lease, and
+	// with one wrapping ErrNotSetUp when the table no longer fits this
+	// replica's configuration (the relay then stops).
 	Acquire(ctx context.Context) (Position, error)
 	// Renew extends the lease by the lease timeout and records state (what
 	// the leader is doing, for status). It fails with ErrLeaseLost if

@@ -48,7 +48,9 @@ func (r *Relay) unlocked(rows []Row, now time.Time) {
 // ShutdownTimeout for the confirms of messages in flight, records them and
 // returns nil, so a clean stop leaves nothing to publish twice. It returns
 // ErrShutdownTimeout if the confirms did not come in time, or an error
-// wrapping ErrPositionAhead or ErrNotSetUp if the store refuses to start.
+// wrapping ErrPositionAhead or ErrNotSetUp if the store refuses to start
+// (or, for ErrNotSetUp, refuses this replica later: the table was
+// partitioned another way meanwhile).
 //
 // Run never returns because a server is down: it retries with capped,
 // jittered backoff and logs once when it fails and once when it recovers.
@@ -57,13 +59,16 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	}
 	for {
-		term, ok := r.acquire(ctx)
+		term, ok, err := r.acquire(ctx)
+		if err != nil {
+			return err
+		}
 		if !ok {
 			r.log.Info("stopped", "position", r.pos.String())
 			return nil
 		}
 		r.pos = term.pos
-		err := r.lead(ctx, term)
+		err = r.lead(ctx, term)
 		r.locks.flush(time.Now())
 		if errors.Is(err, errHandedOver) {
 			continue
@@ -92,8 +97,10 @@ type term struct {
 }
 
 // acquire stands by until this replica holds the lease, and returns the
-// term it leads in. It returns false when ctx ends first.
-func (r *Relay) acquire(ctx context.Context) (term, bool) {
+// term it leads in. It returns false when ctx ends first, and fails only
+// with an error wrapping ErrNotSetUp: the store refuses this replica (its
+// configuration no longer fits the table's).
+func (r *Relay) acquire(ctx context.Context) (term, bool, error) {
 	backoff := r.backoff()
 	var failing retry.Streak
 	var waiting string
@@ -117,8 +124,10 @@ func (r *Relay) acquire(ctx context.Context) (term, bool) {
 			if h := r.cfg.Hooks.Leading; h != nil {
 				h()
 			}
-			return t, true
+			return t, true, nil
 		case ctx.Err() != nil:
+		case errors.Is(err, ErrNotSetUp):
+			return term{}, false, err
 		case errors.Is(err, ErrNameInUse):
 			if waiting != err.Error() {
 				r.log.Error("not leading: another running replica has this one's name", "err", err)
@@ -138,7 +147,7 @@ func (r *Relay) acquire(ctx context.Context) (term, bool) {
 			r.sleep(ctx, backoff.Next())
 		}
 	}
-	return term{}, false
+	return term{}, false, nil
 }
 
 // lead publishes while this replica holds the lease. It returns nil after a

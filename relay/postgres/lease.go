@@ -35,6 +35,14 @@ func (s *Store) Acquire(ctx context.Context) (relay.Position, error) {
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return pos, err
 	}
+	// The table may have been partitioned since Start (outbox-relay
+	// migrate): then this replica must not lead it at all.
+	if n, err := s.partitionCount(ctx, s.key); err != nil || n != 1 {
+		if err == nil {
+			err = s.otherCount(s.key, n)
+		}
+		return relay.Position{}, err
+	}
 	holder, remaining, epoch, err := s.holder(ctx)
 	if err != nil {
 		return relay.Position{}, err

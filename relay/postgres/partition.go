@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outboxrelay/outboxrelay/relay"
 )
@@ -69,15 +71,12 @@ func (s *Store) startPartitions(ctx context.Context, key string) error {
 			return fmt.Errorf("partition the table: %w", err)
 		}
 	}
-	var n int
-	if err := s.pool.QueryRow(ctx, s.pq.partitions, key).Scan(&n); err != nil {
-		return fmt.Errorf("read the table's partitions: %w", err)
+	n, err := s.partitionCount(ctx, key)
+	if err != nil {
+		return err
 	}
-	want := max(s.partitions, 1)
-	if n != want {
-		return fmt.Errorf("%w: RELAY_PARTITIONS is %d, but %s is published in %d partitions; replicas with different counts would publish rows twice and out of order. "+
-			"To change it, stop every replica and run outbox-relay migrate with the new RELAY_PARTITIONS (docs/partitions.md, \"Changing the number of partitions\")",
-			relay.ErrNotSetUp, want, key, n)
+	if n != s.partitions {
+		return s.otherCount(key, n)
 	}
 	if n > 1 {
 		if _, err := s.pool.Exec(ctx, s.pq.ensureParts, key, n); err != nil {
@@ -85,6 +84,28 @@ func (s *Store) startPartitions(ctx context.Context, key string) error {
 		}
 	}
 	return nil
+}
+
+// partitionCount reads the number of partitions of the table key.
+func (s *Store) partitionCount(ctx context.Context, key string) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, s.pq.partitions, key).Scan(&n)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column
+		return 0, fmt.Errorf("%w: %s predates this version of the relay (it has no partitions column): run outbox-relay migrate",
+			relay.ErrNotSetUp, s.table.sibling("outbox_relay_position"))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the table's partitions: %w", err)
+	}
+	return n, nil
+}
+
+// otherCount is the refusal of a replica whose count is not the table's n.
+func (s *Store) otherCount(key string, n int) error {
+	return fmt.Errorf("%w: RELAY_PARTITIONS is %d, but %s is published in %d partitions; replicas with different counts would publish rows twice and out of order. "+
+		"To change it, stop every replica and run outbox-relay migrate with the new RELAY_PARTITIONS (docs/partitions.md, \"Changing the number of partitions\")",
+		relay.ErrNotSetUp, s.partitions, key, n)
 }
 
 // livePeers heartbeats this replica and returns the live replicas' names,
@@ -183,13 +204,16 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 	}
 	// Its own name's first (a past term's, kept where they were), then
 	// free or lapsed ones.
+	seen := map[int]bool{}
 	for _, p := range append(own, states...) {
 		switch {
-		case len(sh.parts) >= quota || slices.Contains(sh.parts, p.part):
-		case p.holder == s.replica: // this process's name: no other process publishes it
-			if err := s.takePart(ctx, sh, p.part, p.epoch); err != nil {
-				return relay.Position{}, err
-			}
+		case seen[p.part]:
+			continue
+		case len(sh.parts) >= quota:
+		case p.holder == s.replica && p.valid:
+			// A past incarnation's, whose session ended: taken after the
+			// quiet period, as a gone holder's.
+			gone = append(gone, p)
 		case p.holder == "" || !p.valid:
 			if err := s.takePart(ctx, sh, p.part, -1); err != nil {
 				return relay.Position{}, err
@@ -197,6 +221,7 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 		case p.gone:
 			gone = append(gone, p)
 		}
+		seen[p.part] = true
 	}
 	if len(sh.parts) < quota && len(gone) > 0 {
 		// Gone now; take over only if still gone, in the same term, a
@@ -213,7 +238,7 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 		}
 		for _, p := range gone {
 			i := slices.IndexFunc(again, func(a partState) bool { return a.part == p.part })
-			if len(sh.parts) >= quota || i < 0 || !again[i].gone || again[i].epoch != p.epoch {
+			if len(sh.parts) >= quota || i < 0 || !(again[i].gone || again[i].holder == s.replica) || again[i].epoch != p.epoch {
 				continue
 			}
 			if err := s.takePart(ctx, sh, p.part, p.epoch); err != nil {
@@ -245,6 +270,7 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 			low = f
 		}
 	}
+	s.idle.reset(low)
 	return low, nil
 }
 
@@ -414,4 +440,85 @@ func (s *Store) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, _ = s.pool.Exec(ctx, s.pq.leave, s.key, s.replica)
+}
+
+// idleAdvanceEvery is how often, at most, a replica of a partitioned table
+// that has published everything of its partitions moves their positions
+// up to the server's horizon.
+const idleAdvanceEvery = time.Second
+
+// idleAdvance moves the positions of a replica's partitions past the rows
+// of other partitions while its own have none: without it, a replica whose
+// partitions stay quiet would read from the same old position at every
+// poll, through every row the others published since, and hold back the
+// table's prefix (retention's bound) for good.
+//
+// It keeps the position recorded for the share. When a read starts at or
+// before it (nothing read is unrecorded), at most every idleAdvanceEvery,
+// the store first samples the server's snapshot xmin X, then reads: if the
+// read finds nothing, no row of the partitions held lies before (X, 0),
+// since every transaction below X had ended before the read began, and
+// (X, 0) is recorded for them. Later reads start from it.
+type idleAdvance struct {
+	mu   sync.Mutex
+	done relay.Position // recorded for the share: at the take, then by Record and by advances
+	at   time.Time      // the last sample
+}
+
+// reset starts the idle advance of a new share at pos.
+func (a *idleAdvance) reset(pos relay.Position) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.done, a.at = pos, time.Time{}
+}
+
+// recorded notes a position recorded by the core.
+func (a *idleAdvance) recorded(pos relay.Position) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if pos.After(a.done) {
+		a.done = pos
+	}
+}
+
+// idleStart returns where a read after after starts: after, or the
+// position recorded for the share if that is later. When a sample is due
+// it also returns the server's snapshot xmin, taken before the read.
+func (s *Store) idleStart(ctx context.Context, after relay.Position) (relay.Position, uint64, error) {
+	a := &s.idle
+	a.mu.Lock()
+	done, due := a.done, !after.After(a.done) && time.Since(a.at) >= idleAdvanceEvery
+	if due {
+		a.at = time.Now()
+	}
+	a.mu.Unlock()
+	from := after
+	if done.After(after) {
+		from = done
+	}
+	if !due {
+		return from, 0, nil
+	}
+	var xmin uint64
+	if err := s.pool.QueryRow(ctx, s.pq.xmin).Scan(&xmin); err != nil {
+		return from, 0, err
+	}
+	return from, xmin, nil
+}
+
+// idleAdvanced records (xmin, 0) for the partitions held, after a read
+// that found nothing. A failure changes nothing: the next sample retries,
+// and a lost lease shows at the next renewal.
+func (s *Store) idleAdvanced(ctx context.Context, xmin uint64) {
+	pos := relay.Position{TxID: xmin}
+	a := &s.idle
+	a.mu.Lock()
+	ahead := pos.After(a.done)
+	a.mu.Unlock()
+	if !ahead {
+		return
+	}
+	if err := s.recordShare(ctx, s.pool, pos); err == nil {
+		a.recorded(pos)
+	}
 }

@@ -35,6 +35,9 @@ type partitionQueries struct {
 	// prefix moves the table's own row to the smallest partition
 	// position: the prefix that every partition has published.
 	prefix string
+	// xmin is the server's snapshot xmin: every transaction below it has
+	// ended (idleAdvance).
+	xmin string
 }
 
 // nameFreeSQL is the SQL boolean that no session holds the name lock of
@@ -53,9 +56,12 @@ func newPartitionQueries(t Table) partitionQueries {
 UPDATE %s SET partitions = $2
  WHERE outbox_table = $1 AND coalesce(partitions, 1) = 1 AND txid = '0' AND id = 0
    AND (holder IS NULL OR lease_until IS NULL OR lease_until < now())`, pos),
+		// A new partition row starts at the table's epoch, which is past
+		// every epoch of partition rows deleted before (SetPartitions):
+		// a fencing token is never used twice for one key.
 		ensureParts: fmt.Sprintf(`
-INSERT INTO %[1]s (outbox_table, txid, id)
-SELECT $1 || '#' || k, t.txid, t.id FROM %[1]s t, generate_series(0, $2 - 1) k
+INSERT INTO %[1]s (outbox_table, txid, id, epoch)
+SELECT $1 || '#' || k, t.txid, t.id, t.epoch FROM %[1]s t, generate_series(0, $2 - 1) k
  WHERE t.outbox_table = $1
 ON CONFLICT (outbox_table) DO NOTHING`, pos),
 		beat: fmt.Sprintf(`
@@ -101,6 +107,7 @@ UPDATE %s p SET holder = NULL, lease_until = NULL, state = NULL
 		releaseOwn: fmt.Sprintf(`
 UPDATE %s SET holder = NULL, lease_until = NULL, state = NULL
  WHERE outbox_table = ANY($1) AND holder = $2`, pos),
+		xmin: `SELECT pg_snapshot_xmin(pg_current_snapshot())`,
 		prefix: fmt.Sprintf(`
 UPDATE %[1]s t SET txid = m.txid, id = m.id, updated_at = now()
   FROM (SELECT txid, id FROM %[1]s WHERE outbox_table = ANY($2) ORDER BY txid, id LIMIT 1) m

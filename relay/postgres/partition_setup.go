@@ -61,17 +61,36 @@ SELECT coalesce(partitions, 1), coalesce((SELECT string_agg(DISTINCT holder, ', 
 			return fmt.Errorf("%w: cannot change %s from %d to %d partitions while replicas publish it (%s hold leases); stop every replica first",
 				relay.ErrNotSetUp, *key, change.From, to, held)
 		}
-		// The prefix all old partitions published, then one partition
-		// row per new partition there.
+		// The prefix all old partitions published, and an epoch past
+		// every one used on the table's rows, which fences off every
+		// replica of the old count and is where the new partition rows
+		// start (a fencing token is never used twice for a key).
+		var epoch int64
 		err = tx.QueryRow(ctx, fmt.Sprintf(`
-SELECT txid, id FROM %s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1`, pos),
-			*key, partitionKeys(*key, change.From)).Scan(&change.Start.TxID, &change.Start.ID)
+SELECT (SELECT txid FROM %[1]s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1),
+       (SELECT id FROM %[1]s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1),
+       (SELECT max(epoch) + 1 FROM %[1]s WHERE outbox_table = $1 OR starts_with(outbox_table, $1 || '#'))`, pos),
+			*key, partitionKeys(*key, change.From)).Scan(&change.Start.TxID, &change.Start.ID, &epoch)
 		if err != nil {
 			return err
 		}
+		// Dead and dropped rows after the prefix would be read again, and
+		// published although they do not hold their aggregate back.
+		var dead int
+		if err := tx.QueryRow(ctx, fmt.Sprintf(`
+SELECT count(*) FROM %s WHERE outbox_table = $1 AND (dead OR dropped) AND (txid, id) > ($2::xid8, $3::bigint)`, cfg.Table.sibling("outbox_relay_parked")),
+			*key, change.Start.TxID, change.Start.ID).Scan(&dead); err != nil {
+			return err
+		}
+		if dead > 0 {
+			return fmt.Errorf("%w: cannot change %s from %d to %d partitions: %d dead or dropped rows lie after %s, the prefix every partition has published, "+
+				"and would be published again. Run the replicas with RELAY_PARTITIONS=%d until every partition's position (outbox-relay status) is past them, "+
+				"or retry the dead ones (outbox-relay dead retry), then try again",
+				relay.ErrNotSetUp, *key, change.From, to, dead, change.Start, change.From)
+		}
 		if _, err := tx.Exec(ctx, fmt.Sprintf(`
-UPDATE %s SET txid = $2::xid8, id = $3, partitions = $4, holder = NULL, lease_until = NULL, state = NULL, updated_at = now()
- WHERE outbox_table = $1`, pos), *key, change.Start.TxID, change.Start.ID, to); err != nil {
+UPDATE %s SET txid = $2::xid8, id = $3, partitions = $4, epoch = $5, holder = NULL, lease_until = NULL, state = NULL, updated_at = now()
+ WHERE outbox_table = $1`, pos), *key, change.Start.TxID, change.Start.ID, to, epoch); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE starts_with(outbox_table, $1 || '#')`, pos), *key); err != nil {

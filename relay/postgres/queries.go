@@ -21,7 +21,9 @@ type queries struct {
 	// position reads the recorded position (primary key lookup).
 	position string
 	// record stores a position, only under the current lease epoch
-	// (primary key update): a deposed replica's write matches no row. The
+	// (primary key update): a deposed replica's write matches no row, nor
+	// does any once the table is partitioned (partition.go). acquire and
+	// renew check that too. The
 	// logical source's ($2 the commit LSN, $3 the row id) also moves the
 	// (txid, id) position, below which every row is published, by the
 	// sample it took at its last move (see logicalRecord).
@@ -79,12 +81,13 @@ INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`
 SELECT txid, id FROM %s WHERE outbox_table = $1`, pos),
 		record: fmt.Sprintf(`
 UPDATE %s SET txid = $2::xid8, id = $3, updated_at = now()
- WHERE outbox_table = $1 AND epoch = $4`, pos),
+ WHERE outbox_table = $1 AND epoch = $4 AND coalesce(partitions, 1) = 1`, pos),
 		acquire: fmt.Sprintf(`
 UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond',
        state = 'publishing'
  WHERE outbox_table = $1
    AND (holder IS NULL OR lease_until IS NULL OR lease_until < now() OR epoch = $4)
+   AND coalesce(partitions, 1) = 1
 RETURNING epoch, txid, id, 0::bigint`, pos),
 		leaseHolder: fmt.Sprintf(`
 SELECT coalesce(holder, ''), coalesce(extract(epoch FROM lease_until - now()), 0)::float8, epoch
@@ -95,7 +98,7 @@ SELECT CASE WHEN pg_try_advisory_lock(hashtext($1), hashtext($2))
             THEN pg_advisory_unlock(hashtext($1), hashtext($2)) ELSE false END`,
 		renew: fmt.Sprintf(`
 UPDATE %s SET lease_until = now() + $4 * interval '1 millisecond', state = $5
- WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
+ WHERE outbox_table = $1 AND epoch = $2 AND holder = $3 AND coalesce(partitions, 1) = 1`, pos),
 		release: fmt.Sprintf(`
 UPDATE %s SET holder = NULL, lease_until = NULL, state = NULL
  WHERE outbox_table = $1 AND epoch = $2 AND holder = $3`, pos),
@@ -164,7 +167,7 @@ UPDATE %s p
        lsn_sample_xmin = CASE WHEN x.fresh THEN pg_snapshot_xmin(pg_current_snapshot()) ELSE p.lsn_sample_xmin END
   FROM (SELECT l.lsn, s.lsn_sample <= l.lsn AS due, s.lsn_sample IS NULL OR s.lsn_sample <= l.lsn AS fresh
           FROM (SELECT '0/0'::pg_lsn + $2::numeric AS lsn) l, %s s WHERE s.outbox_table = $1) x
- WHERE p.outbox_table = $1 AND p.epoch = $4`, pos, pos)
+ WHERE p.outbox_table = $1 AND p.epoch = $4 AND coalesce(p.partitions, 1) = 1`, pos, pos)
 }
 
 // holding is the condition that an outbox_relay_parked row holds its

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -249,5 +250,165 @@ func TestPartitionsRefuseTheLogicalSource(t *testing.T) {
 		if err := (Config{URL: "postgres://localhost/db", Table: Table{Name: "outbox"}, Partitions: n}).Validate(); err == nil {
 			t.Errorf("Validate with %d partitions = nil, want an error", n)
 		}
+	}
+}
+
+// TestUnpartitionedReplicasStandBack: a replica of one partition that
+// started before the table was partitioned (a standby during the change,
+// or one whose start raced the first partitioned one) is refused at its
+// next Acquire, and a frozen one of the old count is fenced off by the
+// epoch the change moves past every earlier one.
+func TestUnpartitionedReplicasStandBack(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	for i := range 40 {
+		if _, err := b.pool.Exec(ctx, insertSQL, fmt.Sprintf("agg-%d", i), "{}"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := readN(t, b.store, relay.Position{}, 40)
+	lead, standby := sharer(t, b, "lead", 1), sharer(t, b, "standby", 1)
+	if _, err := lead.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := lead.Release(ctx); err != nil { // stopped for the change
+		t.Fatal(err)
+	}
+	if _, err := SetPartitions(ctx, Config{URL: b.url, Table: Table{Name: "outbox"}, Partitions: 4}); err != nil {
+		t.Fatalf("SetPartitions = %v", err)
+	}
+	four := sharer(t, b, "four", 4)
+	if _, err := four.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := standby.Acquire(ctx); !errors.Is(err, relay.ErrNotSetUp) {
+		t.Fatalf("standby of one partition: Acquire after the change = %v, want ErrNotSetUp", err)
+	}
+	if err := lead.Record(ctx, all[5].Position()); !errors.Is(err, relay.ErrLeaseLost) {
+		t.Fatalf("old leader: Record after the change = %v, want ErrLeaseLost", err)
+	}
+
+	// four freezes past its leases; the table goes to 8 partitions; four
+	// thaws and records what it had in flight: fenced, though the new
+	// partitions 0 to 3 have its keys.
+	if _, err := b.pool.Exec(ctx, `UPDATE outbox_relay_position SET lease_until = now() - interval '1 second' WHERE holder = 'four'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPartitions(ctx, Config{URL: b.url, Table: Table{Name: "outbox"}, Partitions: 8}); err != nil {
+		t.Fatalf("SetPartitions = %v", err)
+	}
+	eight := sharer(t, b, "eight", 8)
+	if _, err := eight.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := four.Record(ctx, all[len(all)-1].Position()); !errors.Is(err, relay.ErrLeaseLost) {
+		t.Fatalf("frozen replica of 4 partitions: Record after the change to 8 = %v, want ErrLeaseLost", err)
+	}
+	held, _ := eight.Share()
+	var want []int64
+	for _, r := range all {
+		if slices.Contains(held, r.Aggregate().Partition(8)) {
+			want = append(want, r.ID)
+		}
+	}
+	if got := readAll(t, eight, relay.Position{}); !slices.Equal(rowIDs(got), want) {
+		t.Fatalf("eight (partitions %v) reads %v, want %v", held, rowIDs(got), want)
+	}
+}
+
+// TestQuietPartitionsMoveOn: a replica whose partitions get no rows moves
+// their positions past the others' rows, so it does not read them again at
+// every poll, and the table's prefix, retention's bound, follows the
+// replica that publishes.
+func TestQuietPartitionsMoveOn(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const parts = 4
+	a, c := sharer(t, b, "a", parts), sharer(t, b, "c", parts)
+	if _, err := a.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Acquire(ctx); !errors.Is(err, relay.ErrLeaseHeld) {
+		t.Fatalf("c: Acquire = %v, want ErrLeaseHeld", err)
+	}
+	if err := a.Renew(ctx, "publishing"); !errors.Is(err, relay.ErrHandOver) {
+		t.Fatalf("a: Renew = %v, want ErrHandOver", err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	heldA, _ := a.Share()
+	for i, n := 0, 0; n < 50; i++ {
+		ag := relay.Aggregate{Type: "order", ID: fmt.Sprintf("agg-%d", i)}
+		if slices.Contains(heldA, ag.Partition(parts)) {
+			if _, err := b.pool.Exec(ctx, insertSQL, ag.ID, "{}"); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+	}
+	got := readN(t, a, relay.Position{}, 50)
+	last := got[len(got)-1].Position()
+	if err := a.Record(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	// c finds nothing of its partitions: it moves them past a's rows
+	// (waiting for transactions of parallel tests to end).
+	deadline := time.Now().Add(30 * time.Second)
+	for moved := false; !moved; {
+		if rows := readAll(t, c, relay.Position{}); len(rows) != 0 {
+			t.Fatalf("c read %d rows of a's partitions", len(rows))
+		}
+		var n int
+		if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox_relay_position
+			WHERE holder = 'c' AND (txid, id) > ($1::xid8, $2::bigint)`, fmt.Sprint(last.TxID), last.ID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		moved = n == parts/2
+		if !moved && time.Now().After(deadline) {
+			t.Fatalf("after 30s, %d of c's %d partitions moved past a's rows", n, parts/2)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := a.Renew(ctx, "publishing"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.store.Admin().Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Position != last.String() || st.Pending != 0 {
+		t.Fatalf("the table's prefix is %s with %d pending; want a's last row %s and none", st.Position, st.Pending, last)
+	}
+}
+
+// TestSetPartitionsRefusesDeadRowsAfterThePrefix: moving partitions back
+// to the prefix would publish a dead or dropped row after it again.
+func TestSetPartitionsRefusesDeadRowsAfterThePrefix(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if _, err := SetPartitions(ctx, Config{URL: b.url, Table: Table{Name: "outbox"}, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, insertSQL, "agg-1", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	row := readN(t, b.store, relay.Position{}, 1)[0]
+	if _, err := b.pool.Exec(ctx, `INSERT INTO outbox_relay_parked (outbox_table, id, txid, aggregate_type, aggregate_id, dead, dropped)
+		VALUES ('public.outbox', $1, $2::xid8, $3, $4, true, true)`, row.ID, fmt.Sprint(row.TxID), row.AggregateType, row.AggregateID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := SetPartitions(ctx, Config{URL: b.url, Table: Table{Name: "outbox"}, Partitions: 4})
+	if !errors.Is(err, relay.ErrNotSetUp) || !strings.Contains(err.Error(), "1 dead or dropped rows") {
+		t.Fatalf("SetPartitions with a dropped row after the prefix = %v, want ErrNotSetUp naming it", err)
 	}
 }

@@ -59,6 +59,7 @@ type Store struct {
 	pq         partitionQueries
 	share      atomic.Pointer[share]
 	shareTakes atomic.Int64
+	idle       idleAdvance
 }
 
 var _ relay.Store = (*Store)(nil)
@@ -200,7 +201,14 @@ func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) (
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, s.q.read, append([]any{after.TxID, after.ID, b.Rows, b.MaxPayload}, s.readArgs()...)...)
+	from, horizon := after, uint64(0)
+	if s.partitions > 1 {
+		var err error
+		if from, horizon, err = s.idleStart(ctx, after); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := s.pool.Query(ctx, s.q.read, append([]any{from.TxID, from.ID, b.Rows, b.MaxPayload}, s.readArgs()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -222,6 +230,9 @@ func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) (
 			break // the rest is read and dropped by Close, one row at a time
 		}
 		out = append(out, r)
+	}
+	if len(out) == 0 && horizon > 0 && rows.Err() == nil {
+		s.idleAdvanced(ctx, horizon)
 	}
 	return out, rows.Err()
 }
@@ -262,8 +273,10 @@ func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error
 	return nil
 }
 
-// recorded tells the logical stream, if any, that pos is recorded.
+// recorded tells the logical stream, if any, or the idle advance of a
+// partitioned table, that pos is recorded.
 func (s *Store) recorded(pos relay.Position) {
+	s.idle.recorded(pos)
 	if st := s.stream.Load(); st != nil {
 		st.recordedAt(pos)
 	}
