@@ -18,7 +18,8 @@ usage: outbox-relay [command]
 
 commands:
   run        publish until SIGTERM/SIGINT (the default command)
-  migrate    apply the embedded schema.sql (idempotent); with RELAY_SOURCE=logical, also the publication and slot
+  migrate    apply the embedded schema.sql (idempotent); with RELAY_SOURCE=logical, also the publication and slot;
+             with RELAY_PARTITIONS set, also the table's number of partitions (every replica stopped)
   status     pending and dead rows, oldest pending age, leader, position; --json for one JSON object
   dead       list, retry or drop rows the broker kept rejecting
   replay     publish already-published rows again (by id, time, aggregate or event type)
@@ -27,7 +28,8 @@ commands:
   version    the version
 
 Each command takes -h. Exit codes: 0 clean stop, 2 bad configuration or
-usage, or a database not set up for RELAY_SOURCE, 1 any other fatal error. While a server is unreachable the relay does
+usage, a database not set up for RELAY_SOURCE, or a table published in
+another number of partitions than RELAY_PARTITIONS; 1 any other fatal error. While a server is unreachable the relay does
 not exit: it retries with capped, jittered backoff and says so in its log.
 
 configuration (environment only):
