@@ -60,7 +60,24 @@ type PostgresServer struct {
 // leaves the server running; its directory name starts with "relaytest-pg-".
 func NewPostgresServer(t testing.TB) *PostgresServer {
 	t.Helper()
+	return NewPostgresServerWith(t, PostgresOptions{})
+}
+
+// PostgresOptions shape a server of NewPostgresServerWith.
+type PostgresOptions struct {
+	// TLS, when set, makes the server take TCP connections over TLS only,
+	// with its server certificate (for localhost), authenticating clients
+	// by a certificate of its CA (pg_hba "cert": the common name is the
+	// user). URL then names localhost with sslmode=verify-full and the
+	// client certificate.
+	TLS *TLSFiles
+}
+
+// NewPostgresServerWith is NewPostgresServer with options.
+func NewPostgresServerWith(t testing.TB, o PostgresOptions) *PostgresServer {
+	t.Helper()
 	s := &PostgresServer{bindir: pgBindir(t), asUser: runAs(t, "PostgreSQL", "postgres")}
+	uid, gid := -1, -1
 
 	dir := serverDir(t, "PostgreSQL", "relaytest-pg-")
 	s.dir = dir
@@ -77,8 +94,8 @@ func NewPostgresServer(t testing.TB) *PostgresServer {
 		if err != nil {
 			t.Fatalf("testenv: running as root, but there is no postgres user to run PostgreSQL as (install postgresql): %v", err)
 		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
 		for _, p := range []string{dir, sock} {
 			if err := os.Chown(p, uid, gid); err != nil {
 				t.Fatalf("testenv: chown %s to postgres: %v", p, err)
@@ -95,6 +112,16 @@ func NewPostgresServer(t testing.TB) *PostgresServer {
 	port := freePort(t)
 	s.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres", port)
 	s.opts = fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=100 -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20", port, sock)
+	if f := o.TLS; f != nil {
+		files := installFiles(t, s.data, uid, gid, f.ServerCert, f.ServerKey, f.CA)
+		hba := "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostssl replication all 127.0.0.1/32 cert\n"
+		if err := os.WriteFile(filepath.Join(s.data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+			t.Fatalf("testenv: write pg_hba.conf: %v", err)
+		}
+		s.opts += fmt.Sprintf(" -c ssl=on -c ssl_cert_file=%s -c ssl_key_file=%s -c ssl_ca_file=%s", files[0], files[1], files[2])
+		s.URL = fmt.Sprintf("postgres://postgres@localhost:%d/postgres?%s", port, url.Values{"sslmode": {"verify-full"},
+			"sslrootcert": {f.CA}, "sslcert": {f.ClientCert}, "sslkey": {f.ClientKey}}.Encode())
+	}
 
 	// Registered before starting: a start that timed out may have left a
 	// postmaster behind.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -32,6 +33,10 @@ const rabbitCtlTimeout = 60 * time.Second
 type RabbitServer struct {
 	URL  string // amqp://guest:guest@127.0.0.1:PORT/ (default vhost)
 	Node string // node name, for rabbitmqctl -n
+	// TLSURL, for a node started with RabbitOptions.TLS, is its TLS
+	// listener: amqps://guest:guest@localhost:PORT/ with the CA and the
+	// client certificate.
+	TLSURL string
 
 	bindir  string   // directory holding rabbitmq-server and rabbitmqctl
 	dir     string   // temporary directory holding everything below
@@ -57,6 +62,20 @@ type RabbitServer struct {
 // A test binary killed before its cleanups run leaves the node running; its
 // name and directory start with "relaytest-".
 func NewRabbitServer(t testing.TB) *RabbitServer {
+	t.Helper()
+	return NewRabbitServerWith(t, RabbitOptions{})
+}
+
+// RabbitOptions shape a node of NewRabbitServerWith.
+type RabbitOptions struct {
+	// TLS, when set, adds a TLS listener (TLSURL) with the server
+	// certificate (for localhost), which requires a client certificate of
+	// the CA; the plain listener (URL) stays.
+	TLS *TLSFiles
+}
+
+// NewRabbitServerWith is NewRabbitServer with options.
+func NewRabbitServerWith(t testing.TB, o RabbitOptions) *RabbitServer {
 	t.Helper()
 	s := &RabbitServer{bindir: rabbitBindir(t), Node: randomName("relaytest-") + "@localhost",
 		asUser: runAs(t, "RabbitMQ", "rabbitmq")}
@@ -87,8 +106,20 @@ func NewRabbitServer(t testing.TB) *RabbitServer {
 	for distPort == port {
 		distPort = freePort(t)
 	}
+	settings := fmt.Sprintf("listeners.tcp.default = 127.0.0.1:%d\nlog.console = false\nlog.file.level = info\n", port)
+	if f := o.TLS; f != nil {
+		tlsPort := freePort(t)
+		for tlsPort == port || tlsPort == distPort {
+			tlsPort = freePort(t)
+		}
+		p := installFiles(t, dir, uid, gid, f.CA, f.ServerCert, f.ServerKey)
+		settings += fmt.Sprintf("listeners.ssl.default = 127.0.0.1:%d\nssl_options.cacertfile = %s\nssl_options.certfile = %s\nssl_options.keyfile = %s\n"+
+			"ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n", tlsPort, p[0], p[1], p[2])
+		s.TLSURL = fmt.Sprintf("amqps://guest:guest@localhost:%d/?%s", tlsPort, url.Values{"cacertfile": {f.CA},
+			"certfile": {f.ClientCert}, "keyfile": {f.ClientKey}}.Encode())
+	}
 	files := map[string]string{
-		conf: fmt.Sprintf("listeners.tcp.default = 127.0.0.1:%d\nlog.console = false\nlog.file.level = info\n", port),
+		conf: settings,
 		// No plugins: the management plugin alone doubles the start time.
 		plugins: "[].\n",
 		// Keeps /etc/rabbitmq/rabbitmq-env.conf, the machine's node's, out.

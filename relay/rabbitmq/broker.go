@@ -359,7 +359,7 @@ func (b *Broker) channelsLocked() ([]*channel, error) {
 		return chs, nil
 	}
 	b.next = (b.next + 1) % len(b.cfg.URLs)
-	return nil, fmt.Errorf("connect to broker: %w", errors.Join(errs...))
+	return nil, fmt.Errorf("no broker URL answered: %w", errors.Join(errs...))
 }
 
 func (b *Broker) dial(u string) (*amqp.Connection, error) {
