@@ -307,13 +307,18 @@ func (rs results) cpu(i int) cpuUse {
 // relay run (kind rel) cost per 100k messages.
 func (s *suite) addCPU(rs results, raw, rel int, queueType string) {
 	r, l := rs.cpu(raw), rs.cpu(rel)
-	cores := fmt.Sprintf("%d cores for all", runtime.NumCPU())
-	if pinning() != "" {
-		cores = "broker and the rest pinned apart"
-	}
-	s.add(row{what: fmt.Sprintf("CPU seconds per 100k messages, %s queue, 1 channel (%s)", queueType, cores),
+	s.add(row{what: fmt.Sprintf("CPU seconds per 100k messages, %s queue, 1 channel (%s)", queueType, cpuSharing()),
 		figure: "raw: " + s.cpu.describe(r, backlogRows, "publisher") + "; relay: " + s.cpu.describe(l, backlogRows, "relay"),
 		ratio:  ratio(l.broker+l.postgres+l.self, r.broker+r.postgres+r.self) + " raw (total)"})
+}
+
+// cpuSharing says, for the CPU rows, whether the servers and the suite
+// share the cores.
+func cpuSharing() string {
+	if pinning() != "" {
+		return "broker and the rest pinned apart"
+	}
+	return fmt.Sprintf("%d cores for all", runtime.NumCPU())
 }
 
 // measureClassic: measurements 1 and 2, the raw publisher and the relay on

@@ -32,21 +32,39 @@ func rawPublish(t *testing.T, r *rig, n, channels, window int, cpu *cpuMeter) re
 	}
 	chs := make([]*amqp.Channel, channels)
 	for c := range chs {
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ch.Confirm(false); err != nil {
-			t.Fatal(err)
-		}
-		chs[c] = ch
+		chs[c] = confirmChannel(t, conn)
+	}
+	return r.publishLanes(t, chs, ids, window, cpu)
+}
+
+// confirmChannel opens a channel on conn in confirm mode.
+func confirmChannel(t *testing.T, conn *amqp.Connection) *amqp.Channel {
+	t.Helper()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+// publishLanes publishes messages ids[c] on chs[c], all channels at once,
+// each with a sliding window, and returns messages per second from the
+// first publish to the last confirm, and the CPU spent meanwhile.
+func (r *rig) publishLanes(t *testing.T, chs []*amqp.Channel, ids [][]int, window int, cpu *cpuMeter) result {
+	t.Helper()
+	n := 0
+	for _, lane := range ids {
+		n += len(lane)
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, channels)
+	errs := make([]error, len(chs))
 	cpu0 := cpu.read()
 	begin := time.Now()
 	for c := range chs {
-		wg.Go(func() { errs[c] = publishWindow(chs[c], ids[c], window) })
+		wg.Go(func() { errs[c] = r.publishWindow(chs[c], ids[c], window) })
 	}
 	wg.Wait()
 	elapsed := time.Since(begin)
@@ -59,9 +77,10 @@ func rawPublish(t *testing.T, r *rig, n, channels, window int, cpu *cpuMeter) re
 	return result{rate: float64(n) / elapsed.Seconds(), cpu: used}
 }
 
-// publishWindow publishes messages ids on ch with a sliding window of
-// unconfirmed messages, and waits for the last confirms.
-func publishWindow(ch *amqp.Channel, ids []int, window int) error {
+// publishWindow publishes messages ids on ch, each to its queue (queueOf),
+// with a sliding window of unconfirmed messages, and waits for the last
+// confirms.
+func (r *rig) publishWindow(ch *amqp.Channel, ids []int, window int) error {
 	ctx := context.Background()
 	dcs := make([]*amqp.DeferredConfirmation, len(ids))
 	for k, id := range ids {
@@ -69,7 +88,7 @@ func publishWindow(ch *amqp.Channel, ids []int, window int) error {
 			return fmt.Errorf("message %d nacked", ids[k-window])
 		}
 		var err error
-		dcs[k], err = ch.PublishWithDeferredConfirmWithContext(ctx, "", queueName, true, false, amqp.Publishing{
+		dcs[k], err = ch.PublishWithDeferredConfirmWithContext(ctx, "", r.queueOf(id), true, false, amqp.Publishing{
 			Headers: amqp.Table{"tenant": "acme", "aggregate_type": "order", "aggregate_id": aggregateOf(id),
 				"outbox_id": int64(id + 1)},
 			ContentType: "application/json", DeliveryMode: amqp.Persistent,

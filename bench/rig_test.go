@@ -16,7 +16,8 @@ import (
 )
 
 // queueName is the queue every measurement publishes to, through the
-// default exchange; each rig has a virtual host of its own.
+// default exchange; each rig has a virtual host of its own. A rig of
+// several queues (newRigQueues) names them queueName-0, queueName-1, ...
 const queueName = "events"
 
 // Queue types a rig can declare.
@@ -32,11 +33,25 @@ type rig struct {
 	dbURL string
 	pool  *pgxpool.Pool
 	vhost *testenv.Broker
+	// queues are the rig's queues, each aggregate's messages in one of
+	// them (queueOf).
+	queues []string
 }
 
-func newRig(t *testing.T, queueType string) *rig {
+func newRig(t *testing.T, queueType string) *rig { return newRigQueues(t, queueType, 1) }
+
+// newRigQueues is newRig with k queues of the type, which the broker can
+// serve in parallel (a classic queue is one process): queueName alone for
+// k = 1.
+func newRigQueues(t *testing.T, queueType string, k int) *rig {
 	t.Helper()
-	r := &rig{dbURL: testenv.Database(t)}
+	r := &rig{dbURL: testenv.Database(t), queues: []string{queueName}}
+	if k > 1 {
+		r.queues = make([]string, k)
+		for q := range r.queues {
+			r.queues[q] = fmt.Sprintf("%s-%d", queueName, q)
+		}
+	}
 	pool, err := pgxpool.New(context.Background(), r.dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -53,11 +68,17 @@ func newRig(t *testing.T, queueType string) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ch.QueueDeclare(queueName, true, false, false, false, amqp.Table{"x-queue-type": queueType}); err != nil {
-		t.Fatalf("declare %s queue: %v", queueType, err)
+	for _, q := range r.queues {
+		if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": queueType}); err != nil {
+			t.Fatalf("declare %s queue: %v", queueType, err)
+		}
 	}
 	return r
 }
+
+// queueOf returns the queue of message (and row) i: its aggregate's, as
+// aggregateOf and fill number them.
+func (r *rig) queueOf(i int) string { return r.queues[i%1000%len(r.queues)] }
 
 // payload is the 256-byte body of every message.
 var payload = []byte(`{"order_id":1,"status":"placed","note":"` + strings.Repeat("x", 256-42) + `"}`)
@@ -66,7 +87,8 @@ var payload = []byte(`{"order_id":1,"status":"placed","note":"` + strings.Repeat
 // with 256-byte payloads and one header, then vacuums and analyzes the
 // table so every run reads the same shape of table. Each row records its
 // own aggregate's ordering lock, as a writer that locks the one aggregate
-// it writes leaves it, so the relay's lock check runs on every row.
+// it writes leaves it, so the relay's lock check runs on every row. Each
+// row's routing key is its queue (queueOf).
 func (r *rig) fill(t *testing.T, n int) {
 	t.Helper()
 	ctx := context.Background()
@@ -74,8 +96,9 @@ func (r *rig) fill(t *testing.T, n int) {
 	for done := 0; done < n; done += 1000 {
 		if _, err := r.pool.Exec(ctx, `
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, routing_key, payload, headers, lock_keys)
-SELECT 'order', (g % 1000)::text, 'OrderPlaced', $3, $4, '{"tenant":"acme"}', outbox_aggregate_key('order', (g % 1000)::text)::text
-  FROM generate_series($1::int, $2::int - 1) g`, done, min(done+1000, n), queueName, payload); err != nil {
+SELECT 'order', (g % 1000)::text, 'OrderPlaced', ($3::text[])[g % 1000 % cardinality($3::text[]) + 1], $4, '{"tenant":"acme"}',
+       outbox_aggregate_key('order', (g % 1000)::text)::text
+  FROM generate_series($1::int, $2::int - 1) g`, done, min(done+1000, n), r.queues, payload); err != nil {
 			t.Fatalf("fill outbox: %v", err)
 		}
 		if n >= 500_000 && (done+1000)%200_000 == 0 {
@@ -90,7 +113,7 @@ SELECT 'order', (g % 1000)::text, 'OrderPlaced', $3, $4, '{"tenant":"acme"}', ou
 	}
 }
 
-// checkCount fails unless the queue holds exactly want messages.
+// checkCount fails unless the queues hold exactly want messages.
 func (r *rig) checkCount(t *testing.T, want int) {
 	t.Helper()
 	conn := r.vhost.Dial(t)
@@ -99,19 +122,23 @@ func (r *rig) checkCount(t *testing.T, want int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := ch.QueueDeclarePassive(queueName, true, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("inspect queue: %v", err)
+	held := 0
+	for _, name := range r.queues {
+		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		if err != nil {
+			t.Fatalf("inspect queue: %v", err)
+		}
+		held += q.Messages
 	}
-	if q.Messages != want {
-		t.Fatalf("queue holds %d messages, want %d", q.Messages, want)
+	if held != want {
+		t.Fatalf("queues hold %d messages, want %d", held, want)
 	}
 }
 
-// checkDelivered fails unless the queue holds exactly want messages with
+// checkDelivered fails unless the queues hold exactly want messages with
 // distinct message ids, each aggregate's in ascending outbox_id order (the
 // order of the rows, which were written in id order). It empties the
-// queue.
+// queues.
 func (r *rig) checkDelivered(t *testing.T, want int) {
 	t.Helper()
 	r.checkCount(t, want)
@@ -143,35 +170,38 @@ type consumer struct {
 	tenths [11]time.Time
 }
 
-// consume starts a consumer on the queue; it stops when the test ends.
+// consume starts a consumer on the queues, a channel each; it stops when
+// the test ends.
 func (r *rig) consume(t *testing.T, want int) *consumer {
 	t.Helper()
 	conn := r.vhost.Dial(t)
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.Qos(2000, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	deliveries, err := ch.Consume(queueName, "", false, false, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := &consumer{all: make(chan struct{}), seen: make([]bool, want+1), last: map[string]int64{}}
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait)
 	t.Cleanup(func() { _ = conn.Close() }) // ends deliveries; runs before wg.Wait
-	wg.Go(func() {
-		for d := range deliveries {
-			if c.take(d) {
-				close(c.all)
-			}
-			if d.DeliveryTag%1000 == 0 {
-				_ = d.Ack(true)
-			}
+	for _, q := range r.queues {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
+		if err := ch.Qos(2000, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			for d := range deliveries {
+				if c.take(d) {
+					close(c.all)
+				}
+				if d.DeliveryTag%1000 == 0 {
+					_ = d.Ack(true)
+				}
+			}
+		})
+	}
 	return c
 }
 
