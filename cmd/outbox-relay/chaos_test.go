@@ -26,7 +26,8 @@ var (
 		"how long TestChaos injects faults (make chaos runs it for longer)")
 	chaosReplicas = flag.Int("chaos.replicas", 2, "how many relay replicas TestChaos runs (1 to 3)")
 	chaosSources  = flag.String("chaos.sources", "poll,logical,shared",
-		"the sources (RELAY_SOURCE) TestChaos runs with, one after the other; shared is the poll source with three replicas all publishing (RELAY_PARTITIONS=12), which also join and leave")
+		"the sources (RELAY_SOURCE) TestChaos runs with, one after the other; shared is the poll source with three replicas all publishing (RELAY_PARTITIONS=12), which also join and leave; "+
+			"cluster (not by default) runs two replicas against a three-node RabbitMQ cluster and a PostgreSQL primary with a standby it promotes")
 )
 
 // TestChaos runs writers (with rollbacks, and 8 connections sharing 4 hot
@@ -49,6 +50,10 @@ var (
 func TestChaos(t *testing.T) {
 	t.Parallel()
 	for _, source := range strings.Split(*chaosSources, ",") {
+		if source == "cluster" {
+			t.Run(source, chaosCluster)
+			continue
+		}
 		t.Run(source, func(t *testing.T) { chaos(t, source) })
 	}
 }

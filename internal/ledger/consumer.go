@@ -14,7 +14,10 @@ import (
 // connection dropped before its ack (Redelivered set) is not counted again:
 // that duplicate is the test consumer's, not the relay's.
 type Consumer struct {
-	URL    string
+	URL string
+	// Others are tried in turn after URL when it cannot be reached (the
+	// other nodes of a cluster).
+	Others []string
 	Queue  string
 	Ledger *Ledger
 	// Observe, if set, runs at every delivery (to measure gaps).
@@ -24,8 +27,9 @@ type Consumer struct {
 // Run consumes until ctx ends.
 func (c *Consumer) Run(ctx context.Context) {
 	seen := map[string]bool{}
-	for ctx.Err() == nil {
-		c.consume(ctx, seen)
+	urls := append([]string{c.URL}, c.Others...)
+	for i := 0; ctx.Err() == nil; i++ {
+		c.consume(ctx, urls[i%len(urls)], seen)
 		select {
 		case <-ctx.Done():
 		case <-time.After(50 * time.Millisecond):
@@ -33,8 +37,8 @@ func (c *Consumer) Run(ctx context.Context) {
 	}
 }
 
-func (c *Consumer) consume(ctx context.Context, seen map[string]bool) {
-	conn, err := amqp.Dial(c.URL)
+func (c *Consumer) consume(ctx context.Context, url string, seen map[string]bool) {
+	conn, err := amqp.Dial(url)
 	if err != nil {
 		return
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,6 +46,9 @@ type RabbitServer struct {
 	logdir  string   // RABBITMQ_LOG_BASE
 	env     []string // RABBITMQ_* settings, for the server and rabbitmqctl
 	asUser  []string // command prefix running as the rabbitmq user, if root
+
+	mu      sync.Mutex
+	running *rabbitProcess // nil while killed
 }
 
 // NewRabbitServer starts a throwaway RabbitMQ node, without plugins, in a
@@ -162,8 +166,41 @@ func NewRabbitServerWith(t testing.TB, o RabbitOptions) *RabbitServer {
 		"ERL_EPMD_ADDRESS=127.0.0.1",
 	}
 	s.URL = fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", port)
+	t.Cleanup(func() { s.Kill(t) })
+	s.launch(t)
+	return s
+}
 
-	out, err := os.OpenFile(s.outfile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+// Kill kills the node at once (SIGKILL), as a crash would, and waits for
+// its processes to exit. Start starts it again, with its data.
+func (s *RabbitServer) Kill(t testing.TB) {
+	s.mu.Lock()
+	running := s.running
+	s.running = nil
+	s.mu.Unlock()
+	if running != nil {
+		s.stop(t, running.pgid, running.exited)
+	}
+}
+
+// Running reports whether the node runs (not killed).
+func (s *RabbitServer) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running != nil
+}
+
+// Start starts a node that Kill stopped, and waits until it accepts AMQP
+// connections.
+func (s *RabbitServer) Start(t testing.TB) {
+	t.Helper()
+	s.launch(t)
+}
+
+// launch starts the node's process and waits until it is ready.
+func (s *RabbitServer) launch(t testing.TB) {
+	t.Helper()
+	out, err := os.OpenFile(s.outfile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatalf("testenv: create %s: %v", s.outfile, err)
 	}
@@ -184,7 +221,9 @@ func NewRabbitServerWith(t testing.TB, o RabbitOptions) *RabbitServer {
 		waitErr = cmd.Wait()
 		close(exited)
 	}()
-	t.Cleanup(func() { s.stop(t, cmd.Process.Pid, exited) })
+	s.mu.Lock()
+	s.running = &rabbitProcess{pgid: cmd.Process.Pid, exited: exited}
+	s.mu.Unlock()
 
 	if err := s.waitReady(exited); err != nil {
 		select {
@@ -192,9 +231,15 @@ func NewRabbitServerWith(t testing.TB, o RabbitOptions) *RabbitServer {
 			err = fmt.Errorf("%w (rabbitmq-server exited: %v)", err, waitErr)
 		default:
 		}
-		t.Fatalf("testenv: RabbitMQ node %s not ready on port %d: %v\n%s", s.Node, port, err, s.log())
+		t.Fatalf("testenv: RabbitMQ node %s not ready at %s: %v\n%s", s.Node, s.URL, err, s.log())
 	}
-	return s
+}
+
+// rabbitProcess is a running node's launcher: its process group, and a
+// channel closed when it exited.
+type rabbitProcess struct {
+	pgid   int
+	exited <-chan struct{}
 }
 
 // Ctl runs `rabbitmqctl -n Node args...` and returns its combined output,

@@ -91,6 +91,21 @@ func (s *PostgresServer) NewStandby(t testing.TB, sync bool) *PostgresServer {
 				t.Fatalf("testenv: make the standby synchronous: %v", err)
 			}
 		}
+		// Before the standby stops (cleanups run last first): a primary
+		// still running would wait for it at every commit, the test
+		// database's drop among them.
+		t.Cleanup(func() {
+			if s.stopped.Load() {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if conn, err := pgx.Connect(ctx, s.URL); err == nil {
+				_, _ = conn.Exec(ctx, `ALTER SYSTEM RESET synchronous_standby_names`)
+				_, _ = conn.Exec(ctx, `SELECT pg_reload_conf()`)
+				conn.Close(ctx)
+			}
+		})
 	}
 	return st
 }

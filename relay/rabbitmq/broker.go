@@ -163,6 +163,9 @@ type Broker struct {
 	// alarm); blockChange is closed at its next change.
 	blocked     bool
 	blockChange chan struct{}
+	// nackedSince is when the broker began to nack whole calls
+	// (wholeNacks); zero after an ack.
+	nackedSince time.Time
 }
 
 // errAwaitingReset refuses to publish after a failure until Reset.

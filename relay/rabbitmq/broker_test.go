@@ -315,3 +315,39 @@ func TestParseURLs(t *testing.T) {
 		}
 	}
 }
+
+// TestNacks: a queue that is full and rejects publishes nacks. Among acks,
+// a nack is the message's own (parked by the core, the others go on); a
+// call whose every message is nacked, as a quorum queue nacks while it
+// elects a leader, leaves them in doubt, sent again from the position.
+func TestNacks(t *testing.T) {
+	t.Parallel()
+	env := testenv.NewBroker(t)
+	conn := env.Dial(t)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("full", false, true, false, false, amqp.Table{"x-max-length": 1, "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	b := newBroker(t, env.URL)
+
+	answers := answer(t, b, []relay.Message{message(1, "", "full"), message(2, "", "full")})
+	if !answers[0].Confirmed || !errors.Is(answers[1].Refused, ErrNacked) || !errors.Is(answers[1].Refused, relay.ErrRejected) {
+		t.Fatalf("answers %+v; want 1 confirmed, 2 nacked as its own", answers)
+	}
+	answers, err = b.Publish(context.Background(), []relay.Message{message(3, "", "full"), message(4, "", "full")}).Wait(context.Background())
+	if !errors.Is(err, ErrNacked) || answers[0].Refused != nil || answers[1].Refused != nil || answers[0].Confirmed || answers[1].Confirmed {
+		t.Fatalf("every message nacked: answers %+v, %v; want both in doubt with ErrNacked", answers, err)
+	}
+	b.Reset()
+	// Past the grace, whole-call nacks are the rows' own again.
+	b.mu.Lock()
+	b.nackedSince = time.Now().Add(-nackGrace)
+	b.mu.Unlock()
+	answers = answer(t, b, []relay.Message{message(5, "", "full")})
+	if !errors.Is(answers[0].Refused, ErrNacked) {
+		t.Fatalf("after %s of nothing but nacks: answers %+v; want the row's own nack", nackGrace, answers)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -29,8 +30,54 @@ func (e *ReturnedError) Error() string {
 }
 
 // ErrNacked means the broker nacked a message: it could not take
-// responsibility for it (an internal error in the queue).
+// responsibility for it (a full queue that rejects publishes, a quorum
+// queue without a leader, an internal error in the queue).
 var ErrNacked = errors.New("broker nacked the message")
+
+// nackGrace is how long the broker may nack every message of call after
+// call before the relay takes a nack for the row's own. A quorum queue
+// nacks everything sent to it while it elects a new leader (its leader's
+// node died), which is no row's fault: those messages are in doubt, and
+// the relay sends them again from its position, instead of parking every
+// aggregate.
+const nackGrace = 10 * time.Second
+
+// wholeNacks makes the nacks of a call that got no ack at all messages in
+// doubt, while the broker has nacked whole calls for less than nackGrace,
+// and says so. An ack ends the streak; nacks among acks are the rows'
+// own (a full queue beside others that take messages).
+func (c *confirmation) wholeNacks() error {
+	acked, nacked := 0, 0
+	for _, s := range c.sent {
+		switch a := c.answers[s.index]; {
+		case a.Confirmed:
+			acked++
+		case errors.Is(a.Refused, ErrNacked):
+			nacked++
+		}
+	}
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if acked > 0 {
+		b.nackedSince = time.Time{}
+	}
+	if acked > 0 || nacked == 0 {
+		return nil
+	}
+	if b.nackedSince.IsZero() {
+		b.nackedSince = time.Now()
+	}
+	if time.Since(b.nackedSince) >= nackGrace {
+		return nil
+	}
+	for _, s := range c.sent {
+		if errors.Is(c.answers[s.index].Refused, ErrNacked) {
+			c.answers[s.index].Refused = nil
+		}
+	}
+	return fmt.Errorf("the broker nacked all %d messages of the call, as a quorum queue does while it elects a leader; sending them again: %w", nacked, ErrNacked)
+}
 
 // Publish implements relay.Publisher: it sends msgs on the current
 // confirm-mode channels, persistent and mandatory, and returns at once. With
@@ -210,6 +257,9 @@ wait:
 	}
 	if err == nil {
 		err = c.sendErr
+	}
+	if err == nil {
+		err = c.wholeNacks()
 	}
 	for _, a := range c.answers {
 		if !a.Confirmed && a.Refused == nil {
