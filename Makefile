@@ -53,10 +53,11 @@ bench:
 
 # chaos runs the chaos test for CHAOS_DURATION with CHAOS_REPLICAS relays,
 # once per source in CHAOS_SOURCES (make test runs it for 40s with two
-# relays, for both sources): writers, relays and a consumer on
-# servers of its own while faults
-# are injected one after another; it prints the fault counts and the
-# verdict (lost, unexpected, order, duplicates).
+# relays, for both sources, and with three sharing the work): writers,
+# relays and a consumer on servers of their own while faults are injected
+# one after another; it prints the fault counts and the verdict (lost,
+# unexpected, order, duplicates). CHAOS_SOURCES=cluster runs it against a
+# three-node RabbitMQ cluster and a PostgreSQL primary with a standby.
 CHAOS_DURATION ?= 10m
 CHAOS_REPLICAS ?= 3
 CHAOS_SOURCES  ?= poll,logical,shared
