@@ -8,15 +8,16 @@ import (
 
 // NewRabbitCluster starts n throwaway nodes (NewRabbitServer), each with its
 // own node name, ports and data directory, and joins them into one cluster.
-// They share the Erlang cookie of the user they run as (the rabbitmq user's
-// when the test runs as root, its home being theirs). A node that Kill
-// stopped rejoins the cluster when Start starts it again. The nodes are
-// killed and removed when the test ends.
+// They share an Erlang cookie made for this cluster, which no other node
+// has (the machine's own RabbitMQ included). A node that Kill stopped
+// rejoins the cluster when Start starts it again. The nodes are killed and
+// removed when the test ends.
 func NewRabbitCluster(t testing.TB, n int) []*RabbitServer {
 	t.Helper()
+	cookie := strings.ToUpper(randomName("")) + strings.ToUpper(randomName(""))
 	nodes := make([]*RabbitServer, n)
 	for i := range nodes {
-		nodes[i] = NewRabbitServer(t)
+		nodes[i] = NewRabbitServerWith(t, RabbitOptions{Cookie: cookie})
 	}
 	for _, s := range nodes[1:] {
 		s.Ctl(t, "stop_app")

@@ -76,6 +76,9 @@ type RabbitOptions struct {
 	// certificate (for localhost), which requires a client certificate of
 	// the CA; the plain listener (URL) stays.
 	TLS *TLSFiles
+	// Cookie, when set, is the node's Erlang cookie, in a home directory
+	// of its own; otherwise the node shares its user's (~/.erlang.cookie).
+	Cookie string
 }
 
 // NewRabbitServerWith is NewRabbitServer with options.
@@ -105,6 +108,25 @@ func NewRabbitServerWith(t testing.TB, o RabbitOptions) *RabbitServer {
 	conf := filepath.Join(dir, "rabbitmq.conf")
 	plugins := filepath.Join(dir, "enabled_plugins")
 	envFile := filepath.Join(dir, "rabbitmq-env.conf")
+	if o.Cookie != "" {
+		// A home of the node's own, whose Erlang cookie only the nodes of
+		// its cluster share (Erlang wants it readable by its owner only).
+		home = filepath.Join(dir, "home")
+		cookie := filepath.Join(home, ".erlang.cookie")
+		if err := os.Mkdir(home, 0o700); err != nil {
+			t.Fatalf("testenv: create %s: %v", home, err)
+		}
+		if err := os.WriteFile(cookie, []byte(o.Cookie), 0o400); err != nil {
+			t.Fatalf("testenv: write %s: %v", cookie, err)
+		}
+		for _, p := range []string{home, cookie} {
+			if uid >= 0 {
+				if err := os.Chown(p, uid, gid); err != nil {
+					t.Fatalf("testenv: chown %s to rabbitmq: %v", p, err)
+				}
+			}
+		}
+	}
 
 	port, distPort := freePort(t), freePort(t)
 	for distPort == port {
