@@ -170,6 +170,8 @@ COMMENT ON COLUMN outbox_relay_replica.replica IS
     'RELAY_REPLICA_NAME of a replica.';
 COMMENT ON COLUMN outbox_relay_replica.alive_until IS
     'Database time until which the replica counts as running, unless its name''s session is gone sooner.';
+COMMENT ON INDEX outbox_relay_replica_pkey IS
+    'One row per table and replica name.';
 
 CREATE TABLE IF NOT EXISTS outbox_relay_parked (
     outbox_table    text        NOT NULL,
