@@ -54,7 +54,7 @@ func relayDrainFrom(t *testing.T, r *rig, n, channels int, fromMemory bool, sour
 			t.Fatalf("read %d rows of the backlog into memory, want %d", len(timed.memory), n)
 		}
 	}
-	broker, err := rabbitmq.New(rabbitmq.Config{URLs: []string{r.vhost.URL}, Channels: channels, Window: window})
+	broker, err := rabbitmq.New(rabbitmq.Config{URLs: r.relayURLs(), Channels: channels, Window: window})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,18 @@ type rig struct {
 	// queues are the rig's queues, each aggregate's messages in one of
 	// them (queueOf).
 	queues []string
+	// brokerURLs, when set, are the URLs the relay is given (a cluster's
+	// nodes, the one vhost dials first); else vhost's URL alone.
+	brokerURLs []string
+}
+
+// relayURLs returns the broker URLs the relay is configured with, as
+// RELAY_AMQP_URL would list them.
+func (r *rig) relayURLs() []string {
+	if len(r.brokerURLs) > 0 {
+		return r.brokerURLs
+	}
+	return []string{r.vhost.URL}
 }
 
 func newRig(t *testing.T, queueType string) *rig { return newRigQueues(t, queueType, 1) }

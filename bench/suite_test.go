@@ -25,7 +25,7 @@ var (
 	longFlag   = flag.Bool("bench.long", false, "long version: more rounds, longer runs, a 1,000,000-row backlog")
 	outFlag    = flag.String("bench.out", "../bench-results.md", "file the results table is written to")
 	roundsFlag = flag.Int("bench.rounds", 0, "rounds of each raw/relay pair instead of the mode's (2 quick, 9 long)")
-	onlyFlag   = flag.String("bench.only", "", "run only the measurements whose name matches this regexp (drain, quorum, channels, logical, partitions, read, latency, writer-cost, lock-cost, memory, write)")
+	onlyFlag   = flag.String("bench.only", "", "run only the measurements whose name matches this regexp (drain, quorum, cluster, channels, logical, partitions, read, latency, writer-cost, lock-cost, memory, write)")
 )
 
 // mode holds the sizes and durations of one version of the suite.
@@ -61,6 +61,7 @@ type measurement struct {
 var measurements = []measurement{
 	{"drain", measureClassic},
 	{"quorum", measureQuorum},
+	{"cluster", measureCluster},
 	{"channels", measureChannels},
 	{"logical", measureLogical},
 	{"partitions", measurePartitions},
