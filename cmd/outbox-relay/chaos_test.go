@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxrelay/outboxrelay/internal/faultproxy"
 	"github.com/outboxrelay/outboxrelay/internal/testenv"
@@ -159,9 +159,7 @@ func chaos(t *testing.T, source string) {
 			node.Ctl(t, "set_disk_free_limit", "50MB")
 			faults[kind]++
 		case "terminate":
-			var n int
-			if err := r.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-				WHERE datname = current_database() AND application_name LIKE 'outbox-relay%'`).Scan(&n); err == nil && n > 0 {
+			if terminateRelays(r.pool) > 0 {
 				faults[kind]++
 			}
 		case "pg_restart":
@@ -237,16 +235,10 @@ func chaos(t *testing.T, source string) {
 			}
 		}
 	}
-	total := 0
-	var kinds []string
-	for k, n := range faults {
-		total += n
-		kinds = append(kinds, fmt.Sprintf("%s %d", k, n))
-	}
-	sort.Strings(kinds)
+	total, kinds := faultCounts(faults)
 	rep := r.check(t, total*window)
 	t.Logf("chaos for %s: %d faults (%s); %s; longest gap between deliveries %s; longest gap after a fault, by kind: %s",
-		*chaosDuration, total, strings.Join(kinds, ", "), rep, gaps.longest().Round(time.Millisecond), gaps.afterFaults())
+		*chaosDuration, total, kinds, rep, gaps.longest().Round(time.Millisecond), gaps.afterFaults())
 	if shared {
 		// A fault that hits one replica moves its partitions to the others
 		// within the lease timeout. After one that hits every replica (a
@@ -262,6 +254,30 @@ func chaos(t *testing.T, source string) {
 		}
 		t.Logf("every partition held again after a fault ended, longest by kind: %s", strings.Join(held, ", "))
 	}
+}
+
+// terminateRelays terminates the relays' database backends and returns how
+// many there were.
+func terminateRelays(pool *pgxpool.Pool) int {
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name LIKE 'outbox-relay%'`).Scan(&n); err != nil {
+		return 0
+	}
+	return n
+}
+
+// faultCounts returns how many faults hit, and how many of each kind, in
+// words.
+func faultCounts(faults map[string]int) (int, string) {
+	total := 0
+	var kinds []string
+	for k, n := range faults {
+		total += n
+		kinds = append(kinds, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(kinds)
+	return total, strings.Join(kinds, ", ")
 }
 
 // oneReplica are the faults that hit one replica, not a server every
@@ -301,21 +317,7 @@ func proxyURL(t *testing.T, rawURL string) (*faultproxy.Proxy, string) {
 	return p, u.String()
 }
 
-func declare(t *testing.T, amqpURL, queue string) {
-	t.Helper()
-	conn, err := amqp.Dial(amqpURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-}
+func declare(t *testing.T, amqpURL, queue string) { declareQueue(t, amqpURL, queue, nil) }
 
 // gapMeter records the gaps between deliveries and when faults began, to
 // tell how long delivery stopped after each kind of fault.

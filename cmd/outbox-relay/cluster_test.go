@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -231,9 +230,7 @@ func chaosCluster(t *testing.T) {
 			p.signal(syscall.SIGCONT)
 			faults[kind]++
 		case "terminate":
-			var n int
-			if err := c.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-				WHERE datname = current_database() AND application_name LIKE 'outbox-relay%'`).Scan(&n); err == nil && n > 0 {
+			if terminateRelays(c.pool) > 0 {
 				faults[kind]++
 			}
 		case "promote":
@@ -254,14 +251,8 @@ func chaosCluster(t *testing.T) {
 			stopClean(t, p)
 		}
 	}
-	total := 0
-	var kinds []string
-	for k, n := range faults {
-		total += n
-		kinds = append(kinds, fmt.Sprintf("%s %d", k, n))
-	}
-	sort.Strings(kinds)
+	total, kinds := faultCounts(faults)
 	rep := c.check(t, total*window)
 	t.Logf("chaos on a three-node RabbitMQ cluster (quorum queue) and a PostgreSQL pair, for %s: %d faults (%s); %s; longest gap between deliveries %s; longest gap after a fault, by kind: %s",
-		*chaosDuration, total, strings.Join(kinds, ", "), rep, gaps.longest().Round(time.Millisecond), gaps.afterFaults())
+		*chaosDuration, total, kinds, rep, gaps.longest().Round(time.Millisecond), gaps.afterFaults())
 }

@@ -77,36 +77,12 @@ type PostgresOptions struct {
 func NewPostgresServerWith(t testing.TB, o PostgresOptions) *PostgresServer {
 	t.Helper()
 	s := &PostgresServer{bindir: pgBindir(t), asUser: runAs(t, "PostgreSQL", "postgres")}
-	uid, gid := -1, -1
-
-	dir := serverDir(t, "PostgreSQL", "relaytest-pg-")
-	s.dir = dir
-	sock := filepath.Join(dir, "sock")
-	s.data = filepath.Join(dir, "data")
-	s.logfile = filepath.Join(dir, "postgres.log")
-	if err := os.Mkdir(sock, 0o755); err != nil {
-		t.Fatalf("testenv: create PostgreSQL socket directory: %v", err)
-	}
-	// The postgres user must write to the directory: initdb creates the
-	// data directory in it, pg_ctl the log file.
-	if s.asUser != nil {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("testenv: running as root, but there is no postgres user to run PostgreSQL as (install postgresql): %v", err)
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-		for _, p := range []string{dir, sock} {
-			if err := os.Chown(p, uid, gid); err != nil {
-				t.Fatalf("testenv: chown %s to postgres: %v", p, err)
-			}
-		}
-	}
+	sock, uid, gid := s.makeDir(t, "relaytest-pg-")
 
 	// --locale=C avoids a mismatch between -E UTF8 and the environment's locale.
 	if out, err := s.run("initdb", "-D", s.data, "-U", "postgres", "-A", "trust",
 		"-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
-		t.Fatalf("testenv: initdb failed (is %s reachable by user postgres?): %v\n%s", dir, err, out)
+		t.Fatalf("testenv: initdb failed (is %s reachable by user postgres?): %v\n%s", s.dir, err, out)
 	}
 
 	port := freePort(t)
@@ -319,4 +295,35 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// makeDir creates the server's temporary directory (its name starting with
+// pattern), its socket directory, and the paths of its data and log, owned
+// by the postgres user when the test runs as root: initdb creates the data
+// directory in it, pg_ctl the log file. It returns the socket directory and
+// the owner's uid and gid (-1 when not root).
+func (s *PostgresServer) makeDir(t testing.TB, pattern string) (sock string, uid, gid int) {
+	t.Helper()
+	s.dir = serverDir(t, "PostgreSQL", pattern)
+	sock = filepath.Join(s.dir, "sock")
+	s.data = filepath.Join(s.dir, "data")
+	s.logfile = filepath.Join(s.dir, "postgres.log")
+	if err := os.Mkdir(sock, 0o755); err != nil {
+		t.Fatalf("testenv: create PostgreSQL socket directory: %v", err)
+	}
+	uid, gid = -1, -1
+	if s.asUser != nil {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("testenv: running as root, but there is no postgres user to run PostgreSQL as (install postgresql): %v", err)
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+		for _, p := range []string{s.dir, sock} {
+			if err := os.Chown(p, uid, gid); err != nil {
+				t.Fatalf("testenv: chown %s to postgres: %v", p, err)
+			}
+		}
+	}
+	return sock, uid, gid
 }

@@ -4,10 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"os"
-	"os/user"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,26 +20,7 @@ import (
 func (s *PostgresServer) NewStandby(t testing.TB, sync bool) *PostgresServer {
 	t.Helper()
 	st := &PostgresServer{bindir: s.bindir, asUser: s.asUser}
-	st.dir = serverDir(t, "PostgreSQL", "relaytest-pg-standby-")
-	sock := filepath.Join(st.dir, "sock")
-	st.data = filepath.Join(st.dir, "data")
-	st.logfile = filepath.Join(st.dir, "postgres.log")
-	if err := os.Mkdir(sock, 0o755); err != nil {
-		t.Fatalf("testenv: create PostgreSQL socket directory: %v", err)
-	}
-	if st.asUser != nil {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("testenv: no postgres user: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		for _, p := range []string{st.dir, sock} {
-			if err := os.Chown(p, uid, gid); err != nil {
-				t.Fatalf("testenv: chown %s to postgres: %v", p, err)
-			}
-		}
-	}
+	sock, _, _ := st.makeDir(t, "relaytest-pg-standby-")
 	pu, err := url.Parse(s.URL)
 	if err != nil {
 		t.Fatalf("testenv: parse %q: %v", s.URL, err)
