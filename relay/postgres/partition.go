@@ -177,23 +177,50 @@ func (p partState) takeable(self string) bool {
 	return p.holder == "" || !p.valid || p.holder == self || p.gone
 }
 
+// A replica whose share is not empty but which found nothing to take keeps
+// looking every joinPoll, for joinWait or a quarter of the lease timeout
+// (the core's wait between attempts) if shorter, before it stands by: the
+// others hand partitions over at their next renewal, and a replica that
+// joins should take them then, not at its next attempt.
+const (
+	joinPoll = 50 * time.Millisecond
+	joinWait = 2 * time.Second
+)
+
 // acquireShare implements Acquire for a partitioned table: it takes up to
 // this replica's share of the partitions that are free, lapsed, its own
 // name's, or whose holder's session is gone (a quiet period after it was
 // first seen gone, as Acquire), and returns the smallest of their
 // positions.
 func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
+	deadline := time.Now().Add(min(joinWait, s.leaseTimeout/4))
+	for {
+		pos, quota, err := s.acquireOnce(ctx)
+		if !errors.Is(err, relay.ErrLeaseHeld) || quota == 0 || time.Now().After(deadline) {
+			return pos, err
+		}
+		select {
+		case <-time.After(joinPoll):
+		case <-ctx.Done():
+			return relay.Position{}, err
+		}
+	}
+}
+
+// acquireOnce is one attempt of acquireShare; it also returns the share
+// this replica may hold.
+func (s *Store) acquireOnce(ctx context.Context) (relay.Position, int, error) {
 	if err := s.ensureIdentity(ctx); err != nil {
-		return relay.Position{}, err
+		return relay.Position{}, 0, err
 	}
 	names, err := s.livePeers(ctx)
 	if err != nil {
-		return relay.Position{}, err
+		return relay.Position{}, 0, err
 	}
 	quota := s.quota(names)
 	states, err := s.partStates(ctx)
 	if err != nil {
-		return relay.Position{}, err
+		return relay.Position{}, 0, err
 	}
 	sh := &share{}
 	var own, gone []partState
@@ -216,7 +243,7 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 			gone = append(gone, p)
 		case p.holder == "" || !p.valid:
 			if err := s.takePart(ctx, sh, p.part, -1); err != nil {
-				return relay.Position{}, err
+				return relay.Position{}, 0, err
 			}
 		case p.gone:
 			gone = append(gone, p)
@@ -230,11 +257,11 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 		select {
 		case <-time.After(quietPeriod):
 		case <-ctx.Done():
-			return relay.Position{}, ctx.Err()
+			return relay.Position{}, 0, ctx.Err()
 		}
 		again, err := s.partStates(ctx)
 		if err != nil {
-			return relay.Position{}, err
+			return relay.Position{}, 0, err
 		}
 		for _, p := range gone {
 			i := slices.IndexFunc(again, func(a partState) bool { return a.part == p.part })
@@ -242,7 +269,7 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 				continue
 			}
 			if err := s.takePart(ctx, sh, p.part, p.epoch); err != nil {
-				return relay.Position{}, err
+				return relay.Position{}, 0, err
 			}
 		}
 	}
@@ -255,11 +282,11 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 	}
 	if len(extra) > 0 {
 		if _, err := s.pool.Exec(ctx, s.pq.releaseOwn, extra, s.replica); err != nil {
-			return relay.Position{}, fmt.Errorf("release partitions beyond this replica's share: %w", err)
+			return relay.Position{}, 0, fmt.Errorf("release partitions beyond this replica's share: %w", err)
 		}
 	}
 	if len(sh.parts) == 0 {
-		return relay.Position{}, fmt.Errorf("%w: every partition this replica could take is held (%d replicas running, a share of %d of %d partitions)",
+		return relay.Position{}, quota, fmt.Errorf("%w: every partition this replica could take is held (%d replicas running, a share of %d of %d partitions)",
 			relay.ErrLeaseHeld, len(names), quota, s.partitions)
 	}
 	s.setShare(sh)
@@ -271,7 +298,7 @@ func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
 		}
 	}
 	s.idle.reset(low)
-	return low, nil
+	return low, quota, nil
 }
 
 // takePart takes partition k's lease if it is free or lapsed, or still in
