@@ -126,10 +126,10 @@ func declareQueue(t *testing.T, amqpURL, queue string, args amqp.Table) {
 // TestRelayOnARabbitMQCluster publishes to a quorum queue of a three-node
 // cluster while the node that leads the queue, which is also the one the
 // relay is connected to (the first of RELAY_AMQP_URL, where the queue was
-// declared), is killed and restarted, then the node that leads it next,
-// where the relay went, then while the relay's links to every node are
-// cut: the relay moves to a surviving node each time, and nothing is lost
-// or reordered.
+// declared), is killed and restarted, then the node that leads it next
+// (another, when that is the consumer's node), then while the relay's
+// links to every node are cut: the relay moves to a surviving node each
+// time, and nothing is lost or reordered.
 func TestRelayOnARabbitMQCluster(t *testing.T) {
 	t.Parallel()
 	c := newClusterRig(t, nil)

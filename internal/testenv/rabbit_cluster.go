@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,9 +27,16 @@ func NewRabbitCluster(t testing.TB, n int) []*RabbitServer {
 		s.Ctl(t, "start_app")
 	}
 	for deadline := time.Now().Add(rabbitReadyTimeout); ; {
+		var status struct {
+			Running []string `json:"running_nodes"`
+		}
+		out := nodes[0].Ctl(t, "cluster_status", "--formatter", "json")
+		if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &status); err != nil {
+			t.Fatalf("testenv: parse cluster_status: %v\n%s", err, out)
+		}
 		running := 0
 		for _, s := range nodes {
-			if strings.Contains(nodes[0].Ctl(t, "cluster_status"), s.Node) {
+			if slices.Contains(status.Running, s.Node) {
 				running++
 			}
 		}
@@ -35,7 +44,7 @@ func NewRabbitCluster(t testing.TB, n int) []*RabbitServer {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("testenv: the cluster of %d nodes did not form:\n%s", n, nodes[0].Ctl(t, "cluster_status"))
+			t.Fatalf("testenv: the cluster of %d nodes did not form: running %v", n, status.Running)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

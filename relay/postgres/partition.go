@@ -178,10 +178,11 @@ func (p partState) takeable(self string) bool {
 }
 
 // A replica whose share is not empty but which found nothing to take keeps
-// looking every joinPoll, for joinWait or a quarter of the lease timeout
-// (the core's wait between attempts) if shorter, before it stands by: the
-// others hand partitions over at their next renewal, and a replica that
-// joins should take them then, not at its next attempt.
+// looking every joinPoll, for joinWait or an eighth of the lease timeout if
+// shorter, before it stands by: the others hand partitions over at their
+// next renewal, and a replica that joins should take them then, not at its
+// next attempt. An eighth, with the quiet period, keeps the core's first
+// renewal before the deadline it counts from the start of Acquire.
 const (
 	joinPoll = 50 * time.Millisecond
 	joinWait = 2 * time.Second
@@ -193,7 +194,7 @@ const (
 // first seen gone, as Acquire), and returns the smallest of their
 // positions.
 func (s *Store) acquireShare(ctx context.Context) (relay.Position, error) {
-	deadline := time.Now().Add(min(joinWait, s.leaseTimeout/4))
+	deadline := time.Now().Add(min(joinWait, s.leaseTimeout/8))
 	for {
 		pos, quota, err := s.acquireOnce(ctx)
 		if !errors.Is(err, relay.ErrLeaseHeld) || quota == 0 || time.Now().After(deadline) {

@@ -163,9 +163,11 @@ type Broker struct {
 	// alarm); blockChange is closed at its next change.
 	blocked     bool
 	blockChange chan struct{}
-	// nackedSince is when the broker began to nack whole calls
-	// (wholeNacks); zero after an ack.
-	nackedSince time.Time
+	// storm is the run of calls the broker nacked whole (wholeNacks);
+	// lostAt is when the broker last closed or lost a connection (not
+	// when the relay dropped it).
+	storm  nackStorm
+	lostAt time.Time
 }
 
 // errAwaitingReset refuses to publish after a failure until Reset.
@@ -385,6 +387,9 @@ func (b *Broker) dial(u string) (*amqp.Connection, error) {
 	go func() {
 		if err, ok := <-closed; ok && err != nil {
 			b.log.Warn("broker connection lost", "err", err)
+			b.mu.Lock()
+			b.lostAt = time.Now()
+			b.mu.Unlock()
 		}
 	}()
 	return conn, nil

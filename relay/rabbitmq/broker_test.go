@@ -317,9 +317,12 @@ func TestParseURLs(t *testing.T) {
 }
 
 // TestNacks: a queue that is full and rejects publishes nacks. Among acks,
-// a nack is the message's own (parked by the core, the others go on); a
-// call whose every message is nacked, as a quorum queue nacks while it
-// elects a leader, leaves them in doubt, sent again from the position.
+// a nack is the message's own (parked by the core, the others go on), and
+// so is a single row's; a call of several messages nacked whole, as a
+// quorum queue nacks while it elects a leader, or one nacked whole just
+// after the broker lost a connection, leaves them in doubt (sent again from
+// the position), and so does every call nacked whole while that storm
+// lasts, up to nackGrace.
 func TestNacks(t *testing.T) {
 	t.Parallel()
 	env := testenv.NewBroker(t)
@@ -332,22 +335,40 @@ func TestNacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := newBroker(t, env.URL)
+	ownNack := func(what string, msgs ...relay.Message) {
+		t.Helper()
+		answers := answer(t, b, msgs)
+		if a := answers[len(answers)-1]; !errors.Is(a.Refused, ErrNacked) || !errors.Is(a.Refused, relay.ErrRejected) {
+			t.Fatalf("%s: answers %+v; want the last nacked as its own", what, answers)
+		}
+	}
+	inDoubt := func(what string, msgs ...relay.Message) {
+		t.Helper()
+		answers, err := b.Publish(context.Background(), msgs).Wait(context.Background())
+		for _, a := range answers {
+			if a.Refused != nil || a.Confirmed {
+				t.Fatalf("%s: answers %+v, %v; want every message in doubt", what, answers, err)
+			}
+		}
+		if !errors.Is(err, ErrNacked) {
+			t.Fatalf("%s: %v, want ErrNacked", what, err)
+		}
+		b.Reset()
+	}
 
-	answers := answer(t, b, []relay.Message{message(1, "", "full"), message(2, "", "full")})
-	if !answers[0].Confirmed || !errors.Is(answers[1].Refused, ErrNacked) || !errors.Is(answers[1].Refused, relay.ErrRejected) {
-		t.Fatalf("answers %+v; want 1 confirmed, 2 nacked as its own", answers)
-	}
-	answers, err = b.Publish(context.Background(), []relay.Message{message(3, "", "full"), message(4, "", "full")}).Wait(context.Background())
-	if !errors.Is(err, ErrNacked) || answers[0].Refused != nil || answers[1].Refused != nil || answers[0].Confirmed || answers[1].Confirmed {
-		t.Fatalf("every message nacked: answers %+v, %v; want both in doubt with ErrNacked", answers, err)
-	}
-	b.Reset()
-	// Past the grace, whole-call nacks are the rows' own again.
+	ownNack("a nack among acks", message(1, "", "full"), message(2, "", "full"))
+	ownNack("one row nacked alone", message(3, "", "full"))
 	b.mu.Lock()
-	b.nackedSince = time.Now().Add(-nackGrace)
+	b.lostAt = time.Now() // as the connection watcher notes a lost connection
 	b.mu.Unlock()
-	answers = answer(t, b, []relay.Message{message(5, "", "full")})
-	if !errors.Is(answers[0].Refused, ErrNacked) {
-		t.Fatalf("after %s of nothing but nacks: answers %+v; want the row's own nack", nackGrace, answers)
-	}
+	inDoubt("one row nacked alone just after a connection was lost (a probe)", message(3, "", "full"))
+	b.mu.Lock()
+	b.lostAt, b.storm = time.Time{}, nackStorm{}
+	b.mu.Unlock()
+	inDoubt("two rows nacked whole", message(4, "", "full"), message(5, "", "full"))
+	inDoubt("one row nacked in the storm (a probe)", message(6, "", "full"))
+	b.mu.Lock()
+	b.storm.since = time.Now().Add(-nackGrace)
+	b.mu.Unlock()
+	ownNack("a storm longer than nackGrace", message(7, "", "full"), message(8, "", "full"))
 }

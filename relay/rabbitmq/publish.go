@@ -34,18 +34,32 @@ func (e *ReturnedError) Error() string {
 // queue without a leader, an internal error in the queue).
 var ErrNacked = errors.New("broker nacked the message")
 
-// nackGrace is how long the broker may nack every message of call after
-// call before the relay takes a nack for the row's own. A quorum queue
-// nacks everything sent to it while it elects a new leader (its leader's
-// node died), which is no row's fault: those messages are in doubt, and
-// the relay sends them again from its position, instead of parking every
-// aggregate.
-const nackGrace = 10 * time.Second
+// A quorum queue nacks everything sent to it while it elects a new leader
+// (its leader's node died), which is no row's fault: parking every row, one
+// aggregate after another, would stall every aggregate behind a retry of
+// one row at a time. So a nack storm is in doubt instead, and the relay
+// sends those messages again from its position. A storm starts with a call
+// of several messages that the broker nacks whole, with no ack among them,
+// or with any call nacked whole within stormGap of a connection lost (the
+// relay then probes one row at a time on a new one, as when the node it
+// used died, maybe with the queue's leader);
+// while it lasts (the next such nack within stormGap, no ack), later calls
+// nacked whole are in doubt too, the one-row probes after a reset among
+// them, for at most nackGrace from its start. Any other nack is the row's
+// own and parks it: a single row for a full queue that rejects publishes,
+// a parked row retried alone, nacks among acks.
+const (
+	nackGrace = 10 * time.Second
+	stormGap  = 2 * time.Second
+)
+
+// nackStorm is a run of calls the broker nacked whole.
+type nackStorm struct {
+	since, last time.Time // zero: no storm
+}
 
 // wholeNacks makes the nacks of a call that got no ack at all messages in
-// doubt, while the broker has nacked whole calls for less than nackGrace,
-// and says so. An ack ends the streak; nacks among acks are the rows'
-// own (a full queue beside others that take messages).
+// doubt during a nack storm (nackStorm), and says so.
 func (c *confirmation) wholeNacks() error {
 	acked, nacked := 0, 0
 	for _, s := range c.sent {
@@ -59,17 +73,21 @@ func (c *confirmation) wholeNacks() error {
 	b := c.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if acked > 0 {
-		b.nackedSince = time.Time{}
-	}
-	if acked > 0 || nacked == 0 {
+	st, now := &b.storm, time.Now()
+	switch {
+	case acked > 0 || nacked == 0:
+		*st = nackStorm{}
 		return nil
+	case !st.since.IsZero() && now.Sub(st.last) < stormGap:
+		st.last = now // the storm goes on
+	case nacked > 1 || now.Sub(b.lostAt) < stormGap:
+		*st = nackStorm{since: now, last: now} // a storm starts
+	default:
+		*st = nackStorm{}
+		return nil // one row's nack
 	}
-	if b.nackedSince.IsZero() {
-		b.nackedSince = time.Now()
-	}
-	if time.Since(b.nackedSince) >= nackGrace {
-		return nil
+	if now.Sub(st.since) >= nackGrace {
+		return nil // too long for an election: the rows' own
 	}
 	for _, s := range c.sent {
 		if errors.Is(c.answers[s.index].Refused, ErrNacked) {
