@@ -132,3 +132,37 @@ func TestFakeStopRecordsWhatWasConfirmed(t *testing.T) {
 		})
 	}
 }
+
+func TestFakeHandOverFinishesWhatIsInFlight(t *testing.T) {
+	// The store asks for a hand-over while confirms are held back: the
+	// relay publishes nothing more, keeps its lease until every message in
+	// flight is confirmed and recorded, then releases it and takes its new
+	// share; nothing is sent twice.
+	f := newFake(t, relay.Config{BatchSize: 5, LeaseTimeout: 300 * time.Millisecond})
+	added := f.store.Add(rows(200, 7)...)
+	f.pub.Hold()
+	f.run()
+	f.until("a window is in flight", func() bool { return len(f.pub.Sent()) > 0 })
+	f.store.HandOver()
+	f.until("a renewal asked for the hand-over", func() bool { _, _, pending := f.store.Releases(); return !pending })
+	sent := len(f.pub.Sent())
+	_, renewed, _ := f.store.Releases()
+	// A renewal later, the hand-over is under way: nothing more went out,
+	// and the lease is still held, since confirms are pending.
+	f.until("another renewal", func() bool { _, n, _ := f.store.Releases(); return n > renewed })
+	if n, r := len(f.pub.Sent()), released(f); n != sent || r != 0 {
+		t.Fatalf("handing over with confirms pending: %d messages sent (%d before), %d releases; want none more, and the lease kept",
+			n, sent, r)
+	}
+	f.pub.Release()
+	f.until("the relay released and leads again", func() bool { return released(f) == 1 && f.store.Leader() })
+	f.drained()
+	once(t, f.pub.Delivered(), idsOf(added))
+	inOrder(t, f.pub.Delivered())
+}
+
+// released is how many times the relay released the lease.
+func released(f *fake) int {
+	n, _, _ := f.store.Releases()
+	return n
+}

@@ -31,6 +31,9 @@ type Store struct {
 	lost     chan struct{} // closed when the session is lost
 	fail     map[string]error
 	accepted func(relay.Row) bool
+	handOver bool // the next Renew asks for a hand-over
+	renewals int
+	releases int
 }
 
 // entry is a parked row.
@@ -166,6 +169,22 @@ func (s *Store) LoseSession() {
 	s.changedLocked()
 }
 
+// HandOver makes the next renewal succeed with relay.ErrHandOver, as a
+// store whose replicas share the work does when this one's share changes.
+func (s *Store) HandOver() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.handOver = true
+}
+
+// Releases returns how many times the relay released the lease, and
+// renewed it; whether a hand-over asked for is still to be answered.
+func (s *Store) Releases() (releases, renewals int, handOverPending bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.releases, s.renewals, s.handOver
+}
+
 // Leader reports whether this replica holds the lease: it took it, and no
 // other replica took it since.
 func (s *Store) Leader() bool {
@@ -246,6 +265,11 @@ func (s *Store) Renew(ctx context.Context, _ string) error {
 		return err
 	}
 	s.until = time.Now().Add(s.timeout)
+	s.renewals++
+	if s.handOver {
+		s.handOver = false
+		return relay.ErrHandOver
+	}
 	return nil
 }
 
@@ -265,6 +289,7 @@ func (s *Store) Release(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.leader = false
+	s.releases++
 	s.changedLocked()
 	return nil
 }
