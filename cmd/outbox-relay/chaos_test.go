@@ -110,7 +110,7 @@ func chaos(t *testing.T, source string) {
 			names := slices.Sorted(maps.Keys(running))
 			return names[rand.N(len(names))]
 		}
-		r.balanced(t, parts, time.Now(), lease, "c1", "c2", "c3")
+		r.balanced(t, parts, time.Now(), lease, 3)
 	} else {
 		leader()
 	}
