@@ -16,9 +16,15 @@
 // records the commit LSN as its position; SetUpLogical (logical_setup.go)
 // creates the publication and the slot.
 //
+// With Config.Partitions above 1, replicas share the table's work
+// (partition.go): each holds a share of the partitions of its aggregates,
+// with a lease and a position each; SetPartitions (partition_setup.go)
+// changes their number.
+//
 // Migrate applies the schema. The SQL of each side is in one place:
 // queries.go for the port, admin_queries.go for the operator,
-// logical_queries.go for what only the logical source asks.
+// logical_queries.go for what only the logical source asks,
+// partition_queries.go for what only shared work asks.
 //
 // Reading is gap-free: a row is read only once its writer's transaction id is
 // below the xmin of the reader's snapshot, that is, once every transaction

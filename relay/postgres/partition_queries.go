@@ -38,6 +38,14 @@ type partitionQueries struct {
 	// xmin is the server's snapshot xmin: every transaction below it has
 	// ended (idleAdvance).
 	xmin string
+	// SetPartitions': lockForChange locks the table's row and reads its
+	// count and the holders of live leases on it or its partitions;
+	// changeStart reads the prefix of the old partitions $2 and an epoch
+	// past every one used on the table's rows; deadAfter counts the dead
+	// and dropped rows after ($2, $3); change moves the table's row to the
+	// prefix, the new count and the epoch, and deletes the old partition
+	// rows.
+	lockForChange, changeStart, deadAfter, change string
 }
 
 // nameFreeSQL is the SQL boolean that no session holds the name lock of
@@ -108,6 +116,20 @@ UPDATE %s p SET holder = NULL, lease_until = NULL, state = NULL
 UPDATE %s SET holder = NULL, lease_until = NULL, state = NULL
  WHERE outbox_table = ANY($1) AND holder = $2`, pos),
 		xmin: `SELECT pg_snapshot_xmin(pg_current_snapshot())`,
+		lockForChange: fmt.Sprintf(`
+SELECT coalesce(partitions, 1), coalesce((SELECT string_agg(DISTINCT holder, ', ') FROM %[1]s
+                   WHERE (outbox_table = $1 OR starts_with(outbox_table, $1 || '#')) AND holder IS NOT NULL AND lease_until > now()), '')
+  FROM %[1]s WHERE outbox_table = $1 FOR UPDATE`, pos),
+		changeStart: fmt.Sprintf(`
+SELECT (SELECT txid FROM %[1]s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1),
+       (SELECT id FROM %[1]s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1),
+       (SELECT max(epoch) + 1 FROM %[1]s WHERE outbox_table = $1 OR starts_with(outbox_table, $1 || '#'))`, pos),
+		deadAfter: fmt.Sprintf(`
+SELECT count(*) FROM %s WHERE outbox_table = $1 AND (dead OR dropped) AND (txid, id) > ($2::xid8, $3::bigint)`, t.sibling("outbox_relay_parked")),
+		change: fmt.Sprintf(`
+WITH gone AS (DELETE FROM %[1]s WHERE starts_with(outbox_table, $1 || '#'))
+UPDATE %[1]s SET txid = $2::xid8, id = $3, partitions = $4, epoch = $5, holder = NULL, lease_until = NULL, state = NULL, updated_at = now()
+ WHERE outbox_table = $1`, pos),
 		prefix: fmt.Sprintf(`
 UPDATE %[1]s t SET txid = m.txid, id = m.id, updated_at = now()
   FROM (SELECT txid, id FROM %[1]s WHERE outbox_table = ANY($2) ORDER BY txid, id LIMIT 1) m

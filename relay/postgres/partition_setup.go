@@ -37,8 +37,7 @@ func SetPartitions(ctx context.Context, cfg Config) (PartitionChange, error) {
 	if err := conn.QueryRow(ctx, resolveQuery, cfg.Table.String()).Scan(&key); err != nil || key == nil {
 		return PartitionChange{}, fmt.Errorf("resolve table %s: %v", cfg.Table, err)
 	}
-	pos := cfg.Table.sibling("outbox_relay_position")
-	q := newQueries(cfg.Table, false, false)
+	q, pq := newQueries(cfg.Table, false, false), newPartitionQueries(cfg.Table)
 	change := PartitionChange{To: to}
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, q.ensurePosition, *key); err != nil {
@@ -47,10 +46,7 @@ func SetPartitions(ctx context.Context, cfg Config) (PartitionChange, error) {
 		// Every row of the table's, locked: a replica that starts now
 		// waits for the change.
 		var held string
-		err := tx.QueryRow(ctx, fmt.Sprintf(`
-SELECT coalesce(partitions, 1), coalesce((SELECT string_agg(DISTINCT holder, ', ') FROM %[1]s
-                   WHERE (outbox_table = $1 OR starts_with(outbox_table, $1 || '#')) AND holder IS NOT NULL AND lease_until > now()), '')
-  FROM %[1]s WHERE outbox_table = $1 FOR UPDATE`, pos), *key).Scan(&change.From, &held)
+		err := tx.QueryRow(ctx, pq.lockForChange, *key).Scan(&change.From, &held)
 		if err != nil {
 			return err
 		}
@@ -66,20 +62,14 @@ SELECT coalesce(partitions, 1), coalesce((SELECT string_agg(DISTINCT holder, ', 
 		// replica of the old count and is where the new partition rows
 		// start (a fencing token is never used twice for a key).
 		var epoch int64
-		err = tx.QueryRow(ctx, fmt.Sprintf(`
-SELECT (SELECT txid FROM %[1]s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1),
-       (SELECT id FROM %[1]s WHERE outbox_table = $1 OR outbox_table = ANY($2) ORDER BY txid, id LIMIT 1),
-       (SELECT max(epoch) + 1 FROM %[1]s WHERE outbox_table = $1 OR starts_with(outbox_table, $1 || '#'))`, pos),
-			*key, partitionKeys(*key, change.From)).Scan(&change.Start.TxID, &change.Start.ID, &epoch)
+		err = tx.QueryRow(ctx, pq.changeStart, *key, partitionKeys(*key, change.From)).Scan(&change.Start.TxID, &change.Start.ID, &epoch)
 		if err != nil {
 			return err
 		}
 		// Dead and dropped rows after the prefix would be read again, and
 		// published although they do not hold their aggregate back.
 		var dead int
-		if err := tx.QueryRow(ctx, fmt.Sprintf(`
-SELECT count(*) FROM %s WHERE outbox_table = $1 AND (dead OR dropped) AND (txid, id) > ($2::xid8, $3::bigint)`, cfg.Table.sibling("outbox_relay_parked")),
-			*key, change.Start.TxID, change.Start.ID).Scan(&dead); err != nil {
+		if err := tx.QueryRow(ctx, pq.deadAfter, *key, change.Start.TxID, change.Start.ID).Scan(&dead); err != nil {
 			return err
 		}
 		if dead > 0 {
@@ -88,16 +78,11 @@ SELECT count(*) FROM %s WHERE outbox_table = $1 AND (dead OR dropped) AND (txid,
 				"or retry the dead ones (outbox-relay dead retry), then try again",
 				relay.ErrNotSetUp, *key, change.From, to, dead, change.Start, change.From)
 		}
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`
-UPDATE %s SET txid = $2::xid8, id = $3, partitions = $4, epoch = $5, holder = NULL, lease_until = NULL, state = NULL, updated_at = now()
- WHERE outbox_table = $1`, pos), *key, change.Start.TxID, change.Start.ID, to, epoch); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE starts_with(outbox_table, $1 || '#')`, pos), *key); err != nil {
+		if _, err := tx.Exec(ctx, pq.change, *key, change.Start.TxID, change.Start.ID, to, epoch); err != nil {
 			return err
 		}
 		if to > 1 {
-			if _, err := tx.Exec(ctx, newPartitionQueries(cfg.Table).ensureParts, *key, to); err != nil {
+			if _, err := tx.Exec(ctx, pq.ensureParts, *key, to); err != nil {
 				return err
 			}
 		}
