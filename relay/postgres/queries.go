@@ -22,11 +22,11 @@ type queries struct {
 	position string
 	// record stores a position, only under the current lease epoch
 	// (primary key update): a deposed replica's write matches no row, nor
-	// does any once the table is partitioned (partition.go). acquire and
-	// renew check that too. The
-	// logical source's ($2 the commit LSN, $3 the row id) also moves the
-	// (txid, id) position, below which every row is published, by the
-	// sample it took at its last move (see logicalRecord).
+	// does any once the table is partitioned (partition.go; acquire and
+	// renew check that too). The logical source's ($2 the commit LSN, $3
+	// the row id) also moves the (txid, id) position, below which every
+	// row is published, by the sample it took at its last move (see
+	// logicalRecord).
 	record string
 	// recordIdle is the logical source's record of an idle position ($3
 	// 0), unless a later one is recorded.
@@ -201,8 +201,10 @@ SELECT count(*) FILTER (WHERE attname = 'txid' AND atttypid = 'xid8'::regtype) =
 // pruneQuery is retention's (retention.go) delete of one batch of
 // published rows of table t, fenced on the lease: the position row $8 (the
 // table's, or partition 0's of a partitioned table) must name this
-// replica, its epoch and an unexpired lease, or the batch is empty. The batch is the next $6 rows after the cursor ($4, $5) and at or
-// before the recorded position: both bounds are index conditions of one
+// replica, its epoch and an unexpired lease, or the batch is empty. The
+// batch is the next $6 rows after the cursor ($4, $5) and at or before the
+// recorded position (the table's, which for a partitioned table is the
+// prefix every partition published): both bounds are index conditions of one
 // range scan of outbox_pkey (txid, id) (the position comes in as scalar
 // subqueries so the planner can use it as a bound, not a join filter). Of
 // those, rows older than $7 ms and not parked are deleted by their

@@ -412,3 +412,40 @@ func TestSetPartitionsRefusesDeadRowsAfterThePrefix(t *testing.T) {
 		t.Fatalf("SetPartitions with a dropped row after the prefix = %v, want ErrNotSetUp naming it", err)
 	}
 }
+
+// TestRetentionOfAPartitionedTable: only the holder of partition 0 deletes,
+// and only up to the prefix every partition has published.
+func TestRetentionOfAPartitionedTable(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const parts = 2
+	a, c := sharer(t, b, "a", parts), sharer(t, b, "c", parts)
+	if _, err := a.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Acquire(ctx); !errors.Is(err, relay.ErrLeaseHeld) {
+		t.Fatalf("c: Acquire = %v, want ErrLeaseHeld", err)
+	}
+	insertAged(t, b, "early", 10, 2*time.Hour)
+	early := readN(t, a, relay.Position{}, 10)
+	insertAged(t, b, "late", 10, 2*time.Hour)
+	all := readN(t, b.store, relay.Position{}, 20)
+	// a has published the first ten; renewing moves the table's prefix.
+	if err := a.Record(ctx, early[len(early)-1].Position()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Renew(ctx, "publishing"); !errors.Is(err, relay.ErrHandOver) {
+		t.Fatalf("a: Renew with c waiting = %v, want ErrHandOver", err)
+	}
+	cfg := RetentionConfig{Retention: time.Hour}
+	if n, err := prune(ctx, t, c, cfg); err != nil || n != 0 {
+		t.Fatalf("c, holding no partition, deleted %d (%v), want 0", n, err)
+	}
+	if n, err := prune(ctx, t, a, cfg); err != nil || n != 10 {
+		t.Fatalf("a, holding partition 0, deleted %d (%v), want the 10 rows of the prefix", n, err)
+	}
+	if left := ids(t, b); !slices.Equal(left, rowIDs(all[10:])) {
+		t.Fatalf("rows left %v, want the 10 after the prefix %v", left, rowIDs(all[10:]))
+	}
+}
