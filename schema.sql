@@ -127,6 +127,21 @@ COMMENT ON COLUMN outbox_relay_position.pruned_until IS
 COMMENT ON COLUMN outbox_relay_position.pruned_id IS
     'Retention watermark: the highest row id the relay deleted; NULL if none. Rows with higher ids were never deleted by the relay.';
 
+-- The poll source's reading past running transactions, added the same way.
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS read_txid xid8 NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS read_id bigint NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS read_open xid8[] NULL;
+ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS read_open_ids bigint[] NULL;
+
+COMMENT ON COLUMN outbox_relay_position.read_txid IS
+    'Poll source: transaction id of the last row read past transactions still running (read_open); NULL when none was running. Every row at or before (read_txid, read_id) is published, except rows of the transactions in read_open.';
+COMMENT ON COLUMN outbox_relay_position.read_id IS
+    'Poll source: row id of that row.';
+COMMENT ON COLUMN outbox_relay_position.read_open IS
+    'Poll source: transactions that were still running when the relay read past them, ascending. Their rows are published as they commit; txid and id stay at the oldest of them, so that nothing behind it is ever skipped.';
+COMMENT ON COLUMN outbox_relay_position.read_open_ids IS
+    'Poll source: for each transaction in read_open, the id of its last row published (0 for none).';
+
 -- The logical source's position (RELAY_SOURCE=logical), added the same way.
 ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS lsn pg_lsn NULL;
 ALTER TABLE outbox_relay_position ADD COLUMN IF NOT EXISTS lsn_id bigint NULL;

@@ -15,8 +15,11 @@ type Store interface {
 	// needs.
 	Start(ctx context.Context) (Position, error)
 	// Read returns committed rows after the position, in publishing
-	// order, within the bounds of b. It never returns a row while an older
-	// transaction that could still commit a row before it is running.
+	// order, within the bounds of b: read again from any position it
+	// returned, it returns every row after it exactly once. A store may
+	// return a row while an older transaction is still running and that
+	// transaction's rows later, once it commits; the positions then carry
+	// what the store needs to know which rows it returned (Position.Ahead).
 	Read(ctx context.Context, after Position, b Batch) ([]Row, error)
 	// Acquire takes the lease that makes this replica the one publisher of
 	// the table, and returns the recorded position. It fails with an error

@@ -34,8 +34,8 @@ func (p *pipeline) publish(ctx context.Context) error {
 		var park []Parked
 		before := false
 		switch {
-		case p.window.confirmed[row.Position()]:
-			delete(p.window.confirmed, row.Position())
+		case p.window.confirmed[row.Position().row()]:
+			delete(p.window.confirmed, row.Position().row())
 			before = true
 		case p.heldBack(row):
 			park = []Parked{{Row: *row}}

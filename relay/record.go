@@ -96,7 +96,7 @@ func (p *pipeline) keepConfirmed(rows []Row, answers []Answer) {
 	mark := func(rows []Row, answers []Answer) {
 		for i, a := range answers {
 			if a.Confirmed {
-				p.window.confirmed[rows[i].Position()] = true
+				p.window.confirmed[rows[i].Position().row()] = true
 			}
 		}
 	}

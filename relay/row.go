@@ -14,7 +14,15 @@ type Position struct {
 	// LSN is the commit LSN of the row's transaction, set by a store that
 	// reads in commit order (PostgreSQL's logical decoding); zero otherwise.
 	LSN uint64
+	// Ahead is the store's own note of what it read past transactions
+	// still running when it reached this point (PostgreSQL's poll source),
+	// empty when there is none. The core passes it back to the store
+	// unchanged, with the rest of the position.
+	Ahead string
 }
+
+// row is the position without the store's note: the row's identity.
+func (p Position) row() Position { return Position{TxID: p.TxID, ID: p.ID, LSN: p.LSN} }
 
 // After reports whether p comes after q in publishing order.
 func (p Position) After(q Position) bool {
@@ -35,6 +43,7 @@ type Row struct {
 	ID            int64
 	TxID          uint64
 	LSN           uint64 // the commit LSN of its transaction, where the store knows it
+	Ahead         string // the store's note for the position after this row (Position.Ahead)
 	EventID       string // canonical lower-case UUID text
 	AggregateType string
 	AggregateID   string
@@ -73,7 +82,9 @@ func (r *Row) Size() int { return len(r.Payload) + len(r.Headers) + rowOverhead 
 const rowOverhead = 200
 
 // Position returns the row's place in publishing order.
-func (r *Row) Position() Position { return Position{TxID: r.TxID, ID: r.ID, LSN: r.LSN} }
+func (r *Row) Position() Position {
+	return Position{TxID: r.TxID, ID: r.ID, LSN: r.LSN, Ahead: r.Ahead}
+}
 
 // Aggregate identifies an ordering key.
 type Aggregate struct{ Type, ID string }

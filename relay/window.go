@@ -22,6 +22,8 @@ type window struct {
 	probe bool
 	// confirmed holds rows after the recorded position that the broker
 	// confirmed before a failure: read again, they are not sent again.
+	// Keyed by the rows' identity (Position.row): the store's note may
+	// differ when a row is read again.
 	confirmed map[Position]bool
 }
 

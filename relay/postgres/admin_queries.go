@@ -10,7 +10,9 @@ type adminQueries struct {
 	// replicas share (RELAY_PARTITIONS).
 	partitionCount, partitionStatus string
 	// status reads the position row and counts pending rows after it (range
-	// scan of outbox_pkey (txid, id)).
+	// scan of outbox_pkey (txid, id)): after the read cursor and the open
+	// transactions' rows, when the poll source recorded them (ahead.go) and
+	// they still lead to the position.
 	status string
 	// pendingAll counts every row, for a table the relay never started on
 	// (no position row): all of it is pending.
@@ -20,6 +22,9 @@ type adminQueries struct {
 	deadCount, deadList, deadRetry, deadDrop string
 	// heldBack tells whether committed rows after the position wait for
 	// an older transaction to end (one range probe of outbox_pkey (txid, id)).
+	// Only the rows of a partitioned table do: the poll source reads an
+	// unpartitioned one past running transactions (ahead.go), and the
+	// logical source in commit order.
 	heldBack string
 	// blocker finds the oldest running or prepared transaction that
 	// holds an xid: it holds back the snapshot xmin, and so publishing.
@@ -56,12 +61,18 @@ func newAdminQueries(t Table) adminQueries {
 		status: fmt.Sprintf(`
 SELECT p.txid, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''), coalesce(p.state, ''),
        coalesce(extract(epoch FROM p.lease_until - now()), 0)::float8,
-       count(o.id),
-       coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8
-  FROM %s p
-  LEFT JOIN %s o ON (o.txid, o.id) > (p.txid, p.id)
- WHERE p.outbox_table = $1
- GROUP BY p.txid, p.id, p.updated_at, p.epoch, p.holder, p.state, p.lease_until`, pos, outbox),
+       x.n, x.age
+  FROM %[1]s p
+ CROSS JOIN LATERAL (SELECT p.read_txid IS NOT NULL AND p.read_open[1] = p.txid AND p.read_open_ids[1] = p.id AS ok) a
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8 AS age
+         FROM (SELECT o.created_at FROM %[2]s o
+                WHERE (o.txid, o.id) > (CASE WHEN a.ok THEN p.read_txid ELSE p.txid END, CASE WHEN a.ok THEN p.read_id ELSE p.id END)
+               UNION ALL
+               SELECT o.created_at FROM unnest(p.read_open, p.read_open_ids) q(t, i)
+                 JOIN %[2]s o ON o.txid = q.t AND o.id > q.i
+                WHERE a.ok) o) x
+ WHERE p.outbox_table = $1`, pos, outbox),
 		partitionCount: fmt.Sprintf(`SELECT coalesce(partitions, 1) FROM %s WHERE outbox_table = $1`, pos),
 		// One range scan per partition, from its position: status and the
 		// metrics' sampler read it, not the relay's publishing.
@@ -103,7 +114,7 @@ RETURNING id`, parked),
 		heldBack: fmt.Sprintf(`
 SELECT EXISTS (
   SELECT 1 FROM %s o, %s p
-   WHERE p.outbox_table = $1 AND (o.txid, o.id) > (p.txid, p.id)
+   WHERE p.outbox_table = $1 AND coalesce(p.partitions, 1) > 1 AND (o.txid, o.id) > (p.txid, p.id)
      AND o.txid >= pg_snapshot_xmin(pg_current_snapshot()))`, outbox, pos),
 		blocker: `
 SELECT pid, database, age_seconds, prepared FROM (

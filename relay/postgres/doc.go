@@ -26,10 +26,14 @@
 // logical_queries.go for what only the logical source asks,
 // partition_queries.go for what only shared work asks.
 //
-// Reading is gap-free: a row is read only once its writer's transaction id is
-// below the xmin of the reader's snapshot, that is, once every transaction
-// that could still commit a row before it has finished. Rows that commit out
-// of id order therefore never fall behind the cursor. The price is latency,
-// never loss: a long-running transaction anywhere in the cluster holds
-// publishing back until it ends (Admin.HeldBack reports it).
+// Reading is gap-free. The poll source reads an unpartitioned table past
+// running transactions (ahead.go): a row is read as soon as its own
+// transaction has committed; the transactions that were still running
+// when the read passed their ids are kept open and their rows read when
+// they commit, and the recorded (txid, id) position stays below the oldest
+// of them, with the cursor and the open ones recorded beside it. A shared
+// (partitioned) table is read only below the xmin of the reader's
+// snapshot, once every transaction that could still commit a row before a
+// row has finished: a long-running transaction anywhere in the cluster
+// holds its publishing back until it ends (Admin.HeldBack reports it).
 package postgres

@@ -7,18 +7,19 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// TestHoldUpWatcherLogsALongTransaction: an open transaction holds a
-// committed row back; the watcher says so once, and once when it ends.
+// TestHoldUpWatcherLogsALongTransaction: in a table whose replicas share
+// the work (RELAY_PARTITIONS), an open transaction holds a committed row
+// back; the watcher says so once, and once when it ends.
 func TestHoldUpWatcherLogsALongTransaction(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := b.store.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := sharer(t, b, "a", 2)
 	long, err := b.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +36,7 @@ func TestHoldUpWatcherLogsALongTransaction(t *testing.T) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	w, err := NewHoldUpWatcher(b.store.Admin(), HoldUpWatcherConfig{Interval: 20 * time.Millisecond, Threshold: 100 * time.Millisecond,
+	w, err := NewHoldUpWatcher(s.Admin(), HoldUpWatcherConfig{Interval: 20 * time.Millisecond, Threshold: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -59,15 +60,39 @@ func TestHoldUpWatcherLogsALongTransaction(t *testing.T) {
 	}
 }
 
+// TestNoHoldUpInAnUnpartitionedTable: the poll source reads an
+// unpartitioned table past running transactions, so an open transaction
+// holds no committed row back, and none is reported.
+func TestNoHoldUpInAnUnpartitionedTable(t *testing.T) {
+	t.Parallel()
+	b, _ := started(t)
+	ctx := context.Background()
+	long, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Rollback(ctx)
+	if _, err := long.Exec(ctx, insertSQL, "long", "long"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, insertSQL, "waiting", "waiting"); err != nil {
+		t.Fatal(err)
+	}
+	if x, err := b.store.Admin().HeldBack(ctx); x != nil || err != nil {
+		t.Fatalf("HeldBack = %+v, %v; want nothing held back", x, err)
+	}
+	if rows := readAll(t, b.store, relay.Position{}); len(rows) != 1 || rows[0].AggregateID != "waiting" {
+		t.Fatalf("read %d rows while the transaction is open, want the committed one", len(rows))
+	}
+}
+
 // TestHoldUpWatcherWarnsOnceAfterTheThreshold drives the watcher's clock:
 // a hold-up is logged only once it has lasted the threshold, and once.
 func TestHoldUpWatcherWarnsOnceAfterTheThreshold(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if _, err := b.store.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := sharer(t, b, "a", 2)
 	long, err := b.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +106,7 @@ func TestHoldUpWatcherWarnsOnceAfterTheThreshold(t *testing.T) {
 	}
 
 	var logs syncBuffer
-	w, err := NewHoldUpWatcher(b.store.Admin(), HoldUpWatcherConfig{Threshold: time.Minute, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	w, err := NewHoldUpWatcher(s.Admin(), HoldUpWatcherConfig{Threshold: time.Minute, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

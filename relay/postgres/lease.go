@@ -91,6 +91,9 @@ func (s *Store) take(ctx context.Context, goneEpoch int64) (relay.Position, erro
 		return relay.Position{}, fmt.Errorf("take lease: %w", err)
 	}
 	s.epoch.Store(epoch)
+	if s.readsAhead() {
+		return s.readRecorded(ctx, pos)
+	}
 	return pos, nil
 }
 

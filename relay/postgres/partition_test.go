@@ -73,6 +73,7 @@ func TestPartitionedOutbox(t *testing.T) {
 	if err := a.RecordParked(ctx, rows[9].Position(), []relay.Parked{{Row: rows[0], Attempts: 1, Reason: "312 NO_ROUTE"}}, nil); err != nil {
 		t.Fatal(err)
 	}
+	recordSettled(t, b, a, rows[9].Position())
 	if heads, err := a.DueHeads(ctx, relay.Batch{Rows: 10}, relay.DeadRowsHold); err != nil || len(heads) != 1 || heads[0].Row.ID != rows[0].ID {
 		t.Fatalf("DueHeads = %v, %v; want row %d", heads, err, rows[0].ID)
 	}

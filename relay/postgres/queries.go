@@ -14,6 +14,20 @@ type queries struct {
 	// outbox made by an earlier version: both conditions are index
 	// conditions of one range scan, already in ORDER BY order.
 	read string
+	// readAhead and readAheadOpen read past running transactions (ahead.go;
+	// the poll source of an unpartitioned table): the rows after the cursor
+	// ($1, $2) whose transactions committed, one range scan of outbox_pkey
+	// as read's, each row with the transactions still running between the
+	// cursor and it (k_running, only for a row at or above the snapshot's
+	// xmin). readAheadOpen also reads first the rows of the open
+	// transactions ($5 txids, $6 ids: one index probe each) that committed,
+	// and tells which of them still run (k_still). Both take the running
+	// transactions from the statement's own snapshot, the one its rows are
+	// read in.
+	readAhead, readAheadOpen string
+	// readState reads the cursor and open transactions recorded beside the
+	// position (primary key lookup).
+	readState string
 	// aggregateKey computes an aggregate's key on the server.
 	aggregateKey string
 	// ensurePosition creates the table's position row if missing.
@@ -28,6 +42,16 @@ type queries struct {
 	// row is published, by the sample it took at its last move (see
 	// logicalRecord).
 	record string
+	// recordAhead is record for a reading state with open transactions
+	// (ahead.go): the cursor ($2, $3) and the open ones ($5 txids, $6
+	// ids). The open transactions that have ended with every row read are
+	// dropped first (one index probe each); the position is the oldest
+	// left, or the cursor.
+	recordAhead string
+	// settle is recordAhead over the recorded state itself (the same
+	// cursor and open transactions, guarded: a newer record wins), for an
+	// idle relay; it returns the open transactions left.
+	settle string
 	// recordIdle is the logical source's record of an idle position ($3
 	// 0), unless a later one is recorded.
 	recordIdle string
@@ -74,14 +98,31 @@ SELECT %s, octet_length(o.payload), %s
    AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY o.txid, o.id
  LIMIT $3`, lockCol, readColumns, outbox),
+		readAhead:     readAheadQuery(outbox, lockCol, false),
+		readAheadOpen: readAheadQuery(outbox, lockCol, true),
+		readState: fmt.Sprintf(`
+SELECT read_txid::text, read_id, read_open::text[], read_open_ids FROM %s WHERE outbox_table = $1`, pos),
 		aggregateKey: fmt.Sprintf(`SELECT %s($1, $2)`, t.sibling("outbox_aggregate_key")),
 		ensurePosition: fmt.Sprintf(`
 INSERT INTO %s (outbox_table) VALUES ($1) ON CONFLICT (outbox_table) DO NOTHING`, pos),
 		position: fmt.Sprintf(`
 SELECT txid, id FROM %s WHERE outbox_table = $1`, pos),
 		record: fmt.Sprintf(`
-UPDATE %s SET txid = $2::xid8, id = $3, updated_at = now()
+UPDATE %s SET txid = $2::xid8, id = $3, updated_at = now(),
+       read_txid = NULL, read_id = NULL, read_open = NULL, read_open_ids = NULL
  WHERE outbox_table = $1 AND epoch = $4 AND coalesce(partitions, 1) = 1`, pos),
+		recordAhead: fmt.Sprintf(`
+WITH k AS (
+  SELECT q.t, q.i, q.n FROM unnest($5::text[]::xid8[], $6::bigint[]) WITH ORDINALITY q(t, i, n)
+   WHERE NOT pg_visible_in_snapshot(q.t, pg_current_snapshot())
+      OR EXISTS (SELECT 1 FROM %s o WHERE o.txid = q.t AND o.id > q.i)),
+f AS (SELECT t, i FROM k ORDER BY n LIMIT 1)
+UPDATE %s SET txid = coalesce((SELECT t FROM f), $2::xid8), id = coalesce((SELECT i FROM f), $3), updated_at = now(),
+       read_txid = CASE WHEN EXISTS (SELECT 1 FROM k) THEN $2::xid8 END,
+       read_id = CASE WHEN EXISTS (SELECT 1 FROM k) THEN $3 END,
+       read_open = (SELECT array_agg(t ORDER BY n) FROM k),
+       read_open_ids = (SELECT array_agg(i ORDER BY n) FROM k)
+ WHERE outbox_table = $1 AND epoch = $4 AND coalesce(partitions, 1) = 1`, outbox, pos),
 		acquire: fmt.Sprintf(`
 UPDATE %s SET epoch = epoch + 1, holder = $2, lease_until = now() + $3 * interval '1 millisecond',
        state = 'publishing'
@@ -141,12 +182,46 @@ SELECT k.aggregate_type, k.aggregate_id, k.id, e.event_id::text
  WHERE k.outbox_table = $1 AND NOT k.gap_reported AND NOT %[3]s
  ORDER BY k.txid, k.id`, parked, outbox, holdingAs("k", "$2")),
 	}
+	q.settle = q.recordAhead + `
+   AND read_txid = $2::xid8 AND read_id = $3 AND read_open = $5::text[]::xid8[] AND read_open_ids = $6
+RETURNING coalesce(read_open::text[], '{}'), coalesce(read_open_ids, '{}')`
 	if logical {
 		q.record, q.recordIdle = logicalRecord(pos), logicalRecord(pos)+" AND (p.lsn IS NULL OR p.lsn < x.lsn)"
 		q.acquire = strings.Replace(q.acquire, "RETURNING epoch, txid, id, 0::bigint",
 			"RETURNING epoch, '0'::xid8, coalesce(lsn_id, 0), coalesce((lsn - '0/0'::pg_lsn)::bigint, 0)", 1)
 	}
 	return q
+}
+
+// readAheadQuery returns readAhead, or readAheadOpen when open is set.
+func readAheadQuery(outbox, lockCol string, open bool) string {
+	after := fmt.Sprintf(`
+SELECT %s AS k_lock, octet_length(o.payload) AS k_size,
+       CASE WHEN o.txid >= (SELECT pg_snapshot_xmin(pg_current_snapshot())) THEN
+            (SELECT string_agg(x::text, ',' ORDER BY x) FROM pg_snapshot_xip(pg_current_snapshot()) x
+              WHERE x >= $1::xid8 AND x < o.txid) END AS k_running,
+       %%s AS k_still, %s
+  FROM %s o
+ WHERE (o.txid, o.id) > ($1::xid8, $2::bigint)
+ ORDER BY o.txid, o.id
+ LIMIT $3`, lockCol, readColumns, outbox)
+	if !open {
+		return fmt.Sprintf(after, "NULL::text")
+	}
+	still := `(SELECT string_agg(t::text, ',' ORDER BY t) FROM unnest($5::text[]::xid8[]) t
+         WHERE NOT pg_visible_in_snapshot(t, pg_current_snapshot()))`
+	// The open transactions' ids are below the cursor, so their rows
+	// come first; the outer LIMIT keeps the order of the two parts.
+	return fmt.Sprintf(`
+SELECT * FROM (
+  (SELECT %s AS k_lock, octet_length(o.payload) AS k_size, NULL::text AS k_running, %s AS k_still, %s
+     FROM unnest($5::text[]::xid8[], $6::bigint[]) p(t, i)
+     JOIN %s o ON o.txid = p.t AND o.id > p.i
+    ORDER BY o.txid, o.id
+    LIMIT $3)
+  UNION ALL
+  (%s)) r
+ LIMIT $3`, lockCol, still, readColumns, outbox, fmt.Sprintf(after, still))
 }
 
 // logicalRecord is the logical source's record in position table pos.

@@ -12,37 +12,6 @@ import (
 	"github.com/outboxrelay/outboxrelay/relay"
 )
 
-// TestReadNeverPassesAnOpenTransaction is RELIABILITY entry 1: a row whose
-// transaction started earlier but commits later must not be skipped.
-func TestReadNeverPassesAnOpenTransaction(t *testing.T) {
-	t.Parallel()
-	b, pos := started(t)
-	ctx := context.Background()
-
-	early, err := b.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer early.Rollback(ctx)
-	if _, err := early.Exec(ctx, insertSQL, "early", "early"); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 3 {
-		if _, err := b.pool.Exec(ctx, insertSQL, fmt.Sprint("late", i), "late"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if rows := readAll(t, b.store, pos); len(rows) != 0 {
-		t.Fatalf("read %d rows while an older transaction is open; want 0 (reading past it could skip its row)", len(rows))
-	}
-	if err := early.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if rows := readN(t, b.store, pos, 4); rows[0].AggregateID != "early" {
-		t.Fatalf("after commit the first row read is %q, want the early one", rows[0].AggregateID)
-	}
-}
-
 // TestReadOrdersTransactionIDsAsNumbers: txid 9 comes before txid 10.
 // Sorting the text form would put "10" first and, with the cursor, skip
 // rows whenever transaction ids gain a digit.

@@ -108,9 +108,7 @@ func TestReplayPlanReportsWhatRetentionDeleted(t *testing.T) {
 	insertAged(t, b, "1", 4, 3*time.Hour)
 	insertAged(t, b, "1", 3, 0)
 	rows := readN(t, a, relay.Position{}, 7)
-	if err := a.Record(ctx, rows[6].Position()); err != nil {
-		t.Fatal(err)
-	}
+	recordSettled(t, b, a, rows[6].Position())
 	if plan, err := a.Admin().PlanReplay(ctx, ReplaySelection{}); err != nil || plan.Pruned {
 		t.Fatalf("before retention: %+v, %v; want nothing pruned", plan, err)
 	}

@@ -92,9 +92,7 @@ func TestPruneOnlyByTheLeaseHolder(t *testing.T) {
 
 	insertAged(t, b, "old", 20, 2*time.Hour)
 	rows := readN(t, a, relay.Position{}, 20)
-	if err := a.Record(ctx, rows[19].Position()); err != nil {
-		t.Fatal(err)
-	}
+	recordSettled(t, b, a, rows[19].Position())
 	cfg := RetentionConfig{Retention: time.Hour}
 	if n, err := prune(ctx, t, standby, cfg); n != 0 || err != nil {
 		t.Fatalf("standby: Prune = %d, %v; want 0, nil", n, err)
@@ -137,9 +135,7 @@ func TestPruneDeletesInBoundedBatches(t *testing.T) {
 	insertAged(t, b, "old", 2500, 2*time.Hour)
 	insertAged(t, b, "young", 10, 0)
 	rows := readN(t, a, relay.Position{}, 2510)
-	if err := a.Record(ctx, rows[len(rows)-1].Position()); err != nil {
-		t.Fatal(err)
-	}
+	recordSettled(t, b, a, rows[len(rows)-1].Position())
 	var batches []int
 	n, err := prune(ctx, t, a, RetentionConfig{Retention: time.Hour, Batch: 1000, Pause: time.Millisecond,
 		OnDeleted: func(n int) { batches = append(batches, n) }})
@@ -194,9 +190,7 @@ func TestRetentionRunDeletesUntilStopped(t *testing.T) {
 
 	insertAged(t, b, "old", 7, 2*time.Hour)
 	rows := readN(t, a, relay.Position{}, 7)
-	if err := a.Record(ctx, rows[6].Position()); err != nil {
-		t.Fatal(err)
-	}
+	recordSettled(t, b, a, rows[6].Position())
 	deleted := make(chan int, 16)
 	r, err := NewRetention(a, RetentionConfig{Retention: time.Hour, Interval: 20 * time.Millisecond,
 		OnDeleted: func(n int) { deleted <- n }})

@@ -60,6 +60,7 @@ type Store struct {
 	share      atomic.Pointer[share]
 	shareTakes atomic.Int64
 	idle       idleAdvance
+	settling   settling // the poll source's recorded open transactions (ahead.go)
 }
 
 var _ relay.Store = (*Store)(nil)
@@ -149,6 +150,9 @@ func (s *Store) Start(ctx context.Context) (relay.Position, error) {
 	if s.source == SourceLogical {
 		return s.startLogical(ctx, pos)
 	}
+	if s.readsAhead() {
+		return s.readRecorded(ctx, pos)
+	}
 	return pos, nil
 }
 
@@ -201,6 +205,9 @@ func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) (
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
+	if s.readsAhead() {
+		return s.readAhead(ctx, after, b)
+	}
 	from, horizon := after, uint64(0)
 	if s.partitions > 1 {
 		var err error
@@ -259,11 +266,25 @@ func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error
 	if s.partitions > 1 {
 		return s.recordShare(ctx, db, pos)
 	}
-	first := any(pos.TxID)
-	if s.stream.Load() != nil {
-		first = pos.LSN
+	var tag pgconn.CommandTag
+	var err error
+	switch {
+	case s.stream.Load() != nil:
+		tag, err = db.Exec(ctx, s.q.record, s.key, pos.LSN, pos.ID, s.epoch.Load())
+	case s.readsAhead() && pos.Ahead != "":
+		st, serr := stateOf(pos)
+		if serr != nil {
+			return serr
+		}
+		if len(st.open) == 0 {
+			tag, err = db.Exec(ctx, s.q.record, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load())
+			break
+		}
+		_, _, open, ids := st.columns()
+		tag, err = db.Exec(ctx, s.q.recordAhead, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load(), open, ids)
+	default:
+		tag, err = db.Exec(ctx, s.q.record, s.key, pos.TxID, pos.ID, s.epoch.Load())
 	}
-	tag, err := db.Exec(ctx, s.q.record, s.key, first, pos.ID, s.epoch.Load())
 	if err != nil {
 		return err
 	}
@@ -273,10 +294,18 @@ func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error
 	return nil
 }
 
+// readsAhead reports whether Read reads past running transactions
+// (ahead.go): the poll source of an unpartitioned table.
+func (s *Store) readsAhead() bool { return s.source != SourceLogical && s.partitions <= 1 }
+
 // recorded tells the logical stream, if any, or the idle advance of a
-// partitioned table, that pos is recorded.
+// partitioned table, or the settling of open transactions, that pos is
+// recorded.
 func (s *Store) recorded(pos relay.Position) {
 	s.idle.recorded(pos)
+	if s.readsAhead() {
+		s.settling.recorded(pos)
+	}
 	if st := s.stream.Load(); st != nil {
 		st.recordedAt(pos)
 	}

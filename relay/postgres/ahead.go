@@ -1,0 +1,398 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// Reading past running transactions (the poll source of an unpartitioned
+// table). A row is read as soon as its own transaction has committed,
+// however many older transactions still run: the read remembers those
+// that were running when its cursor passed their ids (open), and reads
+// their rows once they commit. Every row at or before the cursor is read,
+// except the rows of open transactions after their id's entry; so the
+// position below which every row is published and no new row can appear
+// is the cursor when nothing is open, else the oldest open transaction's
+// entry (safe). That is the (txid, id) position recorded, and the one
+// retention and operators rely on; the cursor and the open transactions
+// are recorded beside it, so that a restart or a new leader reads nothing
+// twice.
+
+// readState is how far a read went: see above.
+type readState struct {
+	cursor relay.Position // TxID and ID only
+	open   []openXact     // ascending, every txid below cursor.TxID
+}
+
+// openXact is a transaction that was running when the cursor passed its
+// id: its rows with ids above id are not read yet (id is 0 until some are).
+type openXact struct {
+	txid uint64
+	id   int64
+}
+
+// safe is the position below which every row is read and no new row can
+// appear.
+func (st readState) safe() relay.Position {
+	if len(st.open) == 0 {
+		return st.cursor
+	}
+	return relay.Position{TxID: st.open[0].txid, ID: st.open[0].id}
+}
+
+// stateOf decodes the reading state at pos: its note (Position.Ahead), or
+// pos itself when it has none.
+func stateOf(pos relay.Position) (readState, error) {
+	st := readState{cursor: relay.Position{TxID: pos.TxID, ID: pos.ID}}
+	if pos.Ahead == "" {
+		return st, nil
+	}
+	f := strings.Fields(pos.Ahead)
+	bad := func() (readState, error) { return readState{}, fmt.Errorf("bad read-ahead note %q", pos.Ahead) }
+	var err error
+	if st.cursor, err = parsePair(f[0], "/"); err != nil {
+		return bad()
+	}
+	for _, s := range f[1:] {
+		p, err := parsePair(s, ":")
+		if err != nil || p.TxID >= st.cursor.TxID || len(st.open) > 0 && p.TxID <= st.open[len(st.open)-1].txid {
+			return bad()
+		}
+		st.open = append(st.open, openXact{p.TxID, p.ID})
+	}
+	return st, nil
+}
+
+func parsePair(s, sep string) (relay.Position, error) {
+	a, b, ok := strings.Cut(s, sep)
+	if !ok {
+		return relay.Position{}, fmt.Errorf("no %q in %q", sep, s)
+	}
+	txid, err1 := strconv.ParseUint(a, 10, 64)
+	id, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil {
+		return relay.Position{}, fmt.Errorf("bad pair %q", s)
+	}
+	return relay.Position{TxID: txid, ID: id}, nil
+}
+
+// note encodes st as the note of the position of row at: empty when the
+// state is that position alone.
+func (st readState) note(at relay.Position) string {
+	if len(st.open) == 0 && st.cursor.TxID == at.TxID && st.cursor.ID == at.ID {
+		return ""
+	}
+	b := make([]byte, 0, 24+24*len(st.open))
+	b = strconv.AppendUint(b, st.cursor.TxID, 10)
+	b = append(b, '/')
+	b = strconv.AppendInt(b, st.cursor.ID, 10)
+	for _, x := range st.open {
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, x.txid, 10)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, x.id, 10)
+	}
+	return string(b)
+}
+
+// readOf is the position that reading state st continues from, as Acquire
+// returns it: safe, with the rest in the note.
+func readOf(st readState) relay.Position {
+	pos := st.safe()
+	pos.Ahead = st.note(pos)
+	return pos
+}
+
+// columns returns what the position table records of st beside safe: the
+// cursor and the open transactions, or NULLs when nothing is open.
+func (st readState) columns() (cursorTxid *string, cursorID *int64, open []string, openIDs []int64) {
+	if len(st.open) == 0 {
+		return nil, nil, nil, nil
+	}
+	open, openIDs = make([]string, len(st.open)), make([]int64, len(st.open))
+	for i, x := range st.open {
+		open[i], openIDs[i] = strconv.FormatUint(x.txid, 10), x.id
+	}
+	txid, id := strconv.FormatUint(st.cursor.TxID, 10), st.cursor.ID
+	return &txid, &id, open, openIDs
+}
+
+// recordedState rebuilds the state recorded in the position table: safe
+// (txid, id), the cursor and the open transactions. A state that does not
+// lead to safe (the position was changed by hand, as after a restore) is
+// ignored: reading goes on from safe alone.
+func recordedState(safe relay.Position, cursorTxid *string, cursorID *int64, open []string, openIDs []int64) readState {
+	if st, ok := parseRecorded(cursorTxid, cursorID, open, openIDs); ok && st.safe() == safe {
+		return st
+	}
+	return readState{cursor: safe}
+}
+
+// parseRecorded parses the cursor and open transactions as the position
+// table holds them; ok is false if there are none or they do not parse.
+func parseRecorded(cursorTxid *string, cursorID *int64, open []string, openIDs []int64) (st readState, ok bool) {
+	if cursorTxid == nil || cursorID == nil || len(open) == 0 || len(open) != len(openIDs) {
+		return readState{}, false
+	}
+	txid, err := strconv.ParseUint(*cursorTxid, 10, 64)
+	if err != nil {
+		return readState{}, false
+	}
+	st.cursor = relay.Position{TxID: txid, ID: *cursorID}
+	for i, s := range open {
+		txid, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || txid >= st.cursor.TxID || len(st.open) > 0 && txid <= st.open[len(st.open)-1].txid {
+			return readState{}, false
+		}
+		st.open = append(st.open, openXact{txid, openIDs[i]})
+	}
+	return st, true
+}
+
+// readRow moves st past row r of a read: a row of an open transaction
+// marks how far that transaction is read; a row after the cursor moves
+// the cursor, and the transactions that were running below it (running,
+// ascending ids at or after the old cursor's) become open.
+func (st *readState) readRow(r *relay.Row, running []uint64) error {
+	if r.TxID < st.cursor.TxID {
+		i, ok := slices.BinarySearchFunc(st.open, r.TxID, func(x openXact, t uint64) int { return cmpUint(x.txid, t) })
+		if !ok || r.ID <= st.open[i].id {
+			return fmt.Errorf("read row %d/%d, which is neither after the cursor %s nor of an open transaction", r.TxID, r.ID, st.cursor)
+		}
+		st.open[i].id = r.ID
+		return nil
+	}
+	if r.TxID == st.cursor.TxID && r.ID <= st.cursor.ID {
+		return fmt.Errorf("read row %d/%d, at or before the cursor %s", r.TxID, r.ID, st.cursor)
+	}
+	for _, x := range running {
+		if x < st.cursor.TxID || x >= r.TxID {
+			continue // passed already, or not yet
+		}
+		if len(st.open) > 0 && x <= st.open[len(st.open)-1].txid {
+			continue
+		}
+		id := int64(0)
+		if x == st.cursor.TxID {
+			id = st.cursor.ID
+		}
+		st.open = append(st.open, openXact{x, id})
+	}
+	st.cursor = relay.Position{TxID: r.TxID, ID: r.ID}
+	return nil
+}
+
+// settle drops the open transactions that have ended (not in running):
+// every row they committed was read by then.
+func (st *readState) settle(running []uint64) {
+	st.open = slices.DeleteFunc(st.open, func(x openXact) bool {
+		_, still := slices.BinarySearch(running, x.txid)
+		return !still
+	})
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// parseXids parses a comma-separated list of transaction ids into
+// ascending order.
+func parseXids(s *string) ([]uint64, error) {
+	if s == nil || *s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(*s, ",")
+	out := make([]uint64, len(parts))
+	for i, p := range parts {
+		x, err := strconv.ParseUint(p, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("bad transaction id %q", p)
+		}
+		out[i] = x
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// readAhead is Read for a store that reads past running transactions.
+func (s *Store) readAhead(ctx context.Context, after relay.Position, b relay.Batch) ([]relay.Row, error) {
+	st, err := stateOf(after)
+	if err != nil {
+		return nil, err
+	}
+	query, args := s.q.readAhead, []any{st.cursor.TxID, st.cursor.ID, b.Rows, b.MaxPayload}
+	if len(st.open) > 0 {
+		_, _, open, ids := st.columns()
+		query, args = s.q.readAheadOpen, append(args, open, ids)
+	}
+	rows, err := s.pool.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]relay.Row, 0, min(b.Rows, 256))
+	var locks pgtype.DriverBytes // valid until the next row
+	var size int32
+	var running, still *string
+	bytes, cut, settled := 0, false, len(st.open) == 0
+	for rows.Next() {
+		r, err := scanRow(rows, &locks, &size, &running, &still)
+		if err != nil {
+			return nil, err
+		}
+		r.PayloadSize = int(size)
+		if s.checkLocks {
+			r.Lock = lockOf(locks, r.Aggregate().Key())
+		}
+		if bytes += r.Size(); len(out) > 0 && b.Bytes > 0 && bytes > b.Bytes {
+			cut = true
+			break // the rest is read and dropped by Close, one row at a time
+		}
+		if !settled && r.TxID >= st.cursor.TxID {
+			// Past the open transactions' rows: every one that ended
+			// has had all its rows read.
+			if err := s.settle(&st, still); err != nil {
+				return nil, err
+			}
+			settled = true
+		}
+		xids, err := parseXids(running)
+		if err != nil {
+			return nil, err
+		}
+		if err := st.readRow(&r, xids); err != nil {
+			return nil, err
+		}
+		r.Ahead = st.note(r.Position())
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, s.settleIdle(ctx)
+	}
+	if n := len(out); n > 0 && !settled && !cut && n < b.Rows {
+		// Only open transactions' rows, and all of them: the last row's
+		// note can drop those that ended.
+		if err := s.settle(&st, still); err != nil {
+			return nil, err
+		}
+		out[n-1].Ahead = st.note(out[n-1].Position())
+	}
+	return out, nil
+}
+
+// settle drops from st the open transactions not in still.
+func (s *Store) settle(st *readState, still *string) error {
+	xids, err := parseXids(still)
+	if err != nil {
+		return err
+	}
+	st.settle(xids)
+	return nil
+}
+
+// readRecorded returns the position Acquire hands the core: the recorded
+// safe position, with the cursor and open transactions recorded beside it.
+func (s *Store) readRecorded(ctx context.Context, safe relay.Position) (relay.Position, error) {
+	var cursorTxid *string
+	var cursorID *int64
+	var open []string
+	var ids []int64
+	err := s.pool.QueryRow(ctx, s.q.readState, s.key).Scan(&cursorTxid, &cursorID, &open, &ids)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column
+		return relay.Position{}, fmt.Errorf("%w: %s predates this version of the relay (it has no read_txid column): run outbox-relay migrate",
+			relay.ErrNotSetUp, s.table.sibling("outbox_relay_position"))
+	}
+	if err != nil {
+		return relay.Position{}, fmt.Errorf("read the read-ahead state: %w", err)
+	}
+	return readOf(recordedState(safe, cursorTxid, cursorID, open, ids)), nil
+}
+
+// settleEvery bounds how often an idle relay settles the recorded state.
+const settleEvery = time.Second
+
+// settling moves the recorded position of an idle relay past the open
+// transactions that ended: while rows come, each record does that, but the
+// last one of a burst may leave some open, and nothing else would record
+// again until the next row.
+type settling struct {
+	mu   sync.Mutex
+	pos  relay.Position // recorded with open transactions; zero for none
+	gen  int            // bumped at every record
+	last time.Time      // of the last settle
+}
+
+// recorded notes that pos was recorded.
+func (t *settling) recorded(pos relay.Position) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gen++
+	t.pos = relay.Position{}
+	if st, err := stateOf(pos); err == nil && len(st.open) > 0 {
+		t.pos = pos
+	}
+}
+
+// settleIdle re-records the recorded state, if transactions are open in
+// it, at most every settleEvery: those that ended with every row read are
+// dropped, and the position moves on. A record meanwhile wins.
+func (s *Store) settleIdle(ctx context.Context) error {
+	t := &s.settling
+	t.mu.Lock()
+	pos, gen := t.pos, t.gen
+	due := pos.Ahead != "" && time.Since(t.last) >= settleEvery
+	if due {
+		t.last = time.Now()
+	}
+	t.mu.Unlock()
+	if !due {
+		return nil
+	}
+	st, err := stateOf(pos)
+	if err != nil {
+		return err
+	}
+	_, _, open, ids := st.columns()
+	var left []string
+	var leftIDs []int64
+	err = s.pool.QueryRow(ctx, s.q.settle, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load(), open, ids).Scan(&left, &leftIDs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // recorded anew meanwhile, or no longer ours
+	}
+	if err != nil {
+		return fmt.Errorf("settle the recorded position: %w", err)
+	}
+	cursorTxid, cursorID := strconv.FormatUint(st.cursor.TxID, 10), st.cursor.ID
+	now, stillOpen := parseRecorded(&cursorTxid, &cursorID, left, leftIDs)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.gen == gen {
+		t.pos = relay.Position{}
+		if stillOpen {
+			t.pos = readOf(now)
+		}
+	}
+	return nil
+}

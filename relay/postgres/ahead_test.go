@@ -1,0 +1,296 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/outboxrelay/relay"
+)
+
+// recordedPosition reads the position row: the safe (txid, id) and
+// whether transactions are recorded open beside it.
+func recordedPosition(t *testing.T, b bundle) (relay.Position, bool) {
+	t.Helper()
+	var pos relay.Position
+	var open bool
+	if err := b.pool.QueryRow(context.Background(),
+		`SELECT txid::text::bigint, id, read_open IS NOT NULL FROM outbox_relay_position`).Scan(&pos.TxID, &pos.ID, &open); err != nil {
+		t.Fatal(err)
+	}
+	return pos, open
+}
+
+// recordSettled records pos until no transaction is recorded open beside
+// the position: until the transactions that ran below it, in any database
+// of the server (tests run beside each other), have ended. It returns the
+// recorded position.
+func recordSettled(t *testing.T, b bundle, s *Store, pos relay.Position) relay.Position {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := s.Record(context.Background(), pos); err != nil {
+			t.Fatal(err)
+		}
+		got, open := recordedPosition(t, b)
+		if !open {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("recorded %v with transactions open beside it for 30 s", got)
+		}
+	}
+}
+
+// TestReadPastAnOpenTransaction is RELIABILITY entry 1 with the read
+// that goes past running transactions: rows that commit while an older
+// transaction runs are read at once; that transaction's row is read when
+// it commits, after them, and never skipped, even when it writes its row
+// after the later rows were read; the recorded position stays behind it
+// until then, and a new leader reads nothing twice and misses nothing.
+func TestReadPastAnOpenTransaction(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	a := leader(t, b, "a")
+	pos := relay.Position{}
+
+	early, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Rollback(ctx)
+	if _, err := early.Exec(ctx, insertSQL, "early", "early"); err != nil {
+		t.Fatal(err)
+	}
+	var earlyTxid uint64
+	// Takes a transaction id and writes nothing yet.
+	later, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer later.Rollback(ctx)
+	if err := later.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(new(int64)); err != nil {
+		t.Fatal(err)
+	}
+	aborts, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aborts.Rollback(ctx)
+	if _, err := aborts.Exec(ctx, insertSQL, "aborted", "aborted"); err != nil {
+		t.Fatal(err)
+	}
+	if err := early.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&earlyTxid); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := b.pool.Exec(ctx, insertSQL, fmt.Sprint("late", i), "late"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := readN(t, a, pos, 3)
+	for i, r := range rows {
+		if r.AggregateID != fmt.Sprint("late", i) {
+			t.Fatalf("row %d read is %q, want late%d", i, r.AggregateID, i)
+		}
+	}
+	pos = rows[2].Position()
+	last := relay.Position{TxID: pos.TxID, ID: pos.ID} // the cursor from here on
+	if err := a.Record(ctx, pos); err != nil {
+		t.Fatal(err)
+	}
+	if got, open := recordedPosition(t, b); got.TxID > earlyTxid || !open {
+		t.Fatalf("recorded %v (open recorded: %v) while transaction %d runs; want at most its id, with the open ones recorded", got, open, earlyTxid)
+	}
+	if st, err := a.Admin().Status(ctx); err != nil || st.Pending != 0 {
+		t.Fatalf("Status = %+v, %v; want nothing pending (the published rows are not pending)", st, err)
+	}
+
+	// A new leader goes on from what was recorded.
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := replicaStore(t, b, "c")
+	pos, err = c.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, c, pos); len(got) != 0 {
+		t.Fatalf("the new leader read %d rows again", len(got))
+	}
+	if err := early.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := later.Exec(ctx, insertSQL, "later", "later"); err != nil {
+		t.Fatal(err)
+	}
+	if err := later.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := aborts.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rows = readN(t, c, pos, 2)
+	if rows[0].AggregateID != "early" || rows[1].AggregateID != "later" {
+		t.Fatalf("read %q, %q after the commits; want early, later", rows[0].AggregateID, rows[1].AggregateID)
+	}
+	pos = rows[1].Position()
+	if err := c.Record(ctx, pos); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing runs below the cursor any more (a transaction of a test
+	// beside this one may, for a moment): the position reaches it.
+	if got := recordSettled(t, b, c, pos); got != last {
+		t.Fatalf("recorded %v, want the last row after the cursor, %v", got, last)
+	}
+	if got := readAll(t, c, pos); len(got) != 0 {
+		t.Fatalf("read %d rows again after the last", len(got))
+	}
+}
+
+// TestReadAheadAcrossLeaders: 16 writers with random commit delays and
+// rollbacks; the reader records as it goes, and every so often hands the
+// lease to another store, which goes on from the recorded position. Every
+// committed row is read exactly once, across the leaders.
+func TestReadAheadAcrossLeaders(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	var committed sync.Map
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Go(func() {
+			for i := range 30 {
+				key := fmt.Sprintf("w%d-%d", w, i)
+				err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+					if rand.N(3) == 0 { // an id taken before the row is written
+						if _, err := tx.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+							return err
+						}
+						time.Sleep(time.Duration(rand.N(2000)) * time.Microsecond)
+					}
+					if _, err := tx.Exec(ctx, insertSQL, key, key); err != nil {
+						return err
+					}
+					time.Sleep(time.Duration(rand.N(3000)) * time.Microsecond)
+					if rand.N(4) == 0 {
+						return errRollback
+					}
+					return nil
+				})
+				switch {
+				case err == errRollback:
+				case err != nil:
+					t.Error(err)
+					return
+				default:
+					committed.Store(key, true)
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+
+	names := []string{"a", "b"}
+	stores := []*Store{replicaStore(t, b, "a"), replicaStore(t, b, "b")}
+	cur := 0
+	pos, err := stores[cur].Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for reads, finished := 0, false; ; reads++ {
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		rows, err := stores[cur].Read(ctx, pos, relay.Batch{Rows: 1 + rand.N(20)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if seen[r.AggregateID]++; seen[r.AggregateID] > 1 {
+				t.Errorf("row %s (%v) read again, by %s", r.AggregateID, r.Position(), names[cur])
+			}
+		}
+		if len(rows) > 0 {
+			pos = rows[len(rows)-1].Position()
+			if err := stores[cur].Record(ctx, pos); err != nil {
+				t.Fatal(err)
+			}
+		} else if finished && len(seen) >= count(&committed) {
+			break
+		}
+		if reads%25 == 24 {
+			if err := stores[cur].Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cur = 1 - cur
+			if pos, err = stores[cur].Acquire(ctx); err != nil {
+				t.Fatalf("%s: Acquire = %v", names[cur], err)
+			}
+		}
+		if t.Failed() {
+			return
+		}
+	}
+	n := 0
+	committed.Range(func(k, _ any) bool {
+		n++
+		if seen[k.(string)] != 1 {
+			t.Errorf("committed row %s read %d times", k, seen[k.(string)])
+		}
+		return true
+	})
+	if len(seen) != n {
+		t.Errorf("read %d distinct rows, committed %d (rolled-back rows read?)", len(seen), n)
+	}
+}
+
+var errRollback = fmt.Errorf("roll back")
+
+// TestReadStateNotes: a reading state survives its note and the position
+// table's columns; a recorded state that no longer leads to the position
+// (changed by hand) is ignored, so reading goes on from the position.
+func TestReadStateNotes(t *testing.T) {
+	st := readState{cursor: relay.Position{TxID: 900, ID: 42}, open: []openXact{{700, 0}, {800, 17}}}
+	at := relay.Position{TxID: 900, ID: 42}
+	got, err := stateOf(relay.Position{TxID: 1, ID: 1, Ahead: st.note(at)})
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(st) {
+		t.Fatalf("stateOf(note) = %v, %v; want %v", got, err, st)
+	}
+	if safe := st.safe(); safe != (relay.Position{TxID: 700, ID: 0}) {
+		t.Fatalf("safe = %v, want 700/0", safe)
+	}
+	if n := (readState{cursor: at}).note(at); n != "" {
+		t.Fatalf("a state that is its position alone has note %q", n)
+	}
+	txid, id, open, ids := st.columns()
+	if back := recordedState(st.safe(), txid, id, open, ids); fmt.Sprint(back) != fmt.Sprint(st) {
+		t.Fatalf("recordedState = %v, want %v", back, st)
+	}
+	moved := relay.Position{TxID: 650, ID: 3}
+	if back := recordedState(moved, txid, id, open, ids); fmt.Sprint(back) != fmt.Sprint(readState{cursor: moved}) {
+		t.Fatalf("recordedState after a change by hand = %v, want the position alone", back)
+	}
+	for _, bad := range []string{"x", "900/42 950:0", "900/42 800:0 700:0", "900/42 700"} {
+		if _, err := stateOf(relay.Position{Ahead: bad}); err == nil {
+			t.Errorf("stateOf(%q) accepted", bad)
+		}
+	}
+	// A row of neither part is refused, never skipped over.
+	for _, r := range []relay.Row{{TxID: 750, ID: 1}, {TxID: 800, ID: 17}, {TxID: 900, ID: 42}} {
+		s := st
+		s.open = append([]openXact(nil), st.open...)
+		if err := s.readRow(&r, nil); err == nil {
+			t.Errorf("readRow(%d/%d) accepted", r.TxID, r.ID)
+		}
+	}
+}
