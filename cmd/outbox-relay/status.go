@@ -20,7 +20,8 @@ const statusUsage = `usage: outbox-relay status [--json]
 
 Prints the outbox's state: pending rows (committed, not yet published), dead
 rows, the age of the oldest pending row, the recorded position, and the
-oldest running transaction (which holds publishing back while it runs).
+oldest running transaction (which holds the recorded position back while
+it runs, and publishing too in a table shared with RELAY_PARTITIONS).
 `
 
 type statusReport struct {

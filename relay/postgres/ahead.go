@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/outboxrelay/outboxrelay/relay"
 )
@@ -248,43 +247,28 @@ func (s *Store) readAhead(ctx context.Context, after relay.Position, b relay.Bat
 		return nil, err
 	}
 	defer rows.Close()
-	out := make([]relay.Row, 0, min(b.Rows, 256))
-	var locks pgtype.DriverBytes // valid until the next row
-	var size int32
 	var running, still *string
-	bytes, cut, settled := 0, false, len(st.open) == 0
-	for rows.Next() {
-		r, err := scanRow(rows, &locks, &size, &running, &still)
-		if err != nil {
-			return nil, err
-		}
-		r.PayloadSize = int(size)
-		if s.checkLocks {
-			r.Lock = lockOf(locks, r.Aggregate().Key())
-		}
-		if bytes += r.Size(); len(out) > 0 && b.Bytes > 0 && bytes > b.Bytes {
-			cut = true
-			break // the rest is read and dropped by Close, one row at a time
-		}
+	settled := len(st.open) == 0
+	out, cut, err := s.collect(rows, b, func(r *relay.Row) error {
 		if !settled && r.TxID >= st.cursor.TxID {
 			// Past the open transactions' rows: every one that ended
 			// has had all its rows read.
 			if err := s.settle(&st, still); err != nil {
-				return nil, err
+				return err
 			}
 			settled = true
 		}
 		xids, err := parseXids(running)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if err := st.readRow(&r, xids); err != nil {
-			return nil, err
+		if err := st.readRow(r, xids); err != nil {
+			return err
 		}
 		r.Ahead = st.note(r.Position())
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	}, &running, &still)
+	if err != nil {
 		return nil, err
 	}
 	if len(out) == 0 {

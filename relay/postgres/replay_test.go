@@ -56,6 +56,7 @@ func TestReplaySelectsPublishedRowsInOrder(t *testing.T) {
 	if err := a.RecordParked(ctx, rows[6].Position(), []relay.Parked{{Row: rows[5], Attempts: 3, Reason: "no route", Dead: true}}, nil); err != nil {
 		t.Fatal(err)
 	}
+	recordSettled(t, b, a, rows[6].Position())
 	id := func(i ...int) []int64 {
 		var out []int64
 		for _, k := range i {

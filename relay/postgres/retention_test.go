@@ -168,6 +168,7 @@ func TestPruneSkipsParkedRowsThatFillABatch(t *testing.T) {
 	if err := a.RecordParked(ctx, rows[54].Position(), park, nil); err != nil {
 		t.Fatal(err)
 	}
+	recordSettled(t, b, a, rows[54].Position())
 	var batches []int
 	n, err := prune(ctx, t, a, RetentionConfig{Retention: time.Hour, Batch: 10, Pause: time.Millisecond,
 		OnDeleted: func(n int) { batches = append(batches, n) }})

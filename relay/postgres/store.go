@@ -220,28 +220,45 @@ func (s *Store) Read(ctx context.Context, after relay.Position, b relay.Batch) (
 		return nil, err
 	}
 	defer rows.Close()
-	out := make([]relay.Row, 0, min(b.Rows, 256))
+	out, _, err := s.collect(rows, b, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 && horizon > 0 && rows.Err() == nil {
+		s.idleAdvanced(ctx, horizon)
+	}
+	return out, rows.Err()
+}
+
+// collect scans a read's rows: the lock and size columns, then extra,
+// then the row; it stops once b.Bytes is passed (cut). each, if set, sees
+// every row before it is kept.
+func (s *Store) collect(rows pgx.Rows, b relay.Batch, each func(*relay.Row) error, extra ...any) (out []relay.Row, cut bool, err error) {
+	out = make([]relay.Row, 0, min(b.Rows, 256))
 	var locks pgtype.DriverBytes // valid until the next row
 	var size int32
+	lead := append([]any{&locks, &size}, extra...)
 	bytes := 0
 	for rows.Next() {
-		r, err := scanRow(rows, &locks, &size)
+		r, err := scanRow(rows, lead...)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		r.PayloadSize = int(size)
 		if s.checkLocks {
 			r.Lock = lockOf(locks, r.Aggregate().Key())
 		}
 		if bytes += r.Size(); len(out) > 0 && b.Bytes > 0 && bytes > b.Bytes {
-			break // the rest is read and dropped by Close, one row at a time
+			return out, true, nil // the rest is read and dropped by Close, one row at a time
+		}
+		if each != nil {
+			if err := each(&r); err != nil {
+				return nil, false, err
+			}
 		}
 		out = append(out, r)
 	}
-	if len(out) == 0 && horizon > 0 && rows.Err() == nil {
-		s.idleAdvanced(ctx, horizon)
-	}
-	return out, rows.Err()
+	return out, false, rows.Err()
 }
 
 // Record stores pos as the table's position.
