@@ -85,6 +85,9 @@ func printStatus(stdout io.Writer, st postgres.Status, policy string) {
 		fmt.Fprintf(stdout, " (moved %s ago)", time.Since(st.PositionUpdatedAt).Round(time.Second))
 	}
 	fmt.Fprintln(stdout)
+	if st.OpenTransactions > 0 {
+		fmt.Fprintf(stdout, "read past             %d running transaction(s), up to %s; the position waits at the oldest\n", st.OpenTransactions, st.ReadCursor)
+	}
 	if x := st.OldestXact; x != nil && x.Prepared {
 		fmt.Fprintf(stdout, "oldest transaction    prepared in %q, %.1fs ago (COMMIT PREPARED or ROLLBACK PREPARED it)\n", x.Database, x.AgeSeconds)
 	} else if x != nil {

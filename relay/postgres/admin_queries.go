@@ -61,9 +61,9 @@ func newAdminQueries(t Table) adminQueries {
 		status: fmt.Sprintf(`
 SELECT p.txid, p.id, p.updated_at, p.epoch, coalesce(p.holder, ''), coalesce(p.state, ''),
        coalesce(extract(epoch FROM p.lease_until - now()), 0)::float8,
-       x.n, x.age
+       x.n, x.age, a.ok, coalesce(p.read_txid::text, '0')::bigint, coalesce(p.read_id, 0), coalesce(cardinality(p.read_open), 0)
   FROM %[1]s p
- CROSS JOIN LATERAL (SELECT p.read_txid IS NOT NULL AND p.read_open[1] = p.txid AND p.read_open_ids[1] = p.id AS ok) a
+ CROSS JOIN LATERAL (SELECT coalesce(p.read_txid IS NOT NULL AND p.read_open[1] = p.txid AND p.read_open_ids[1] = p.id, false) AS ok) a
  CROSS JOIN LATERAL (
        SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(o.created_at)), 0)::float8 AS age
          FROM (SELECT o.created_at FROM %[2]s o

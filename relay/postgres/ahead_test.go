@@ -107,8 +107,8 @@ func TestReadPastAnOpenTransaction(t *testing.T) {
 	if got, open := recordedPosition(t, b); got.TxID > earlyTxid || !open {
 		t.Fatalf("recorded %v (open recorded: %v) while transaction %d runs; want at most its id, with the open ones recorded", got, open, earlyTxid)
 	}
-	if st, err := a.Admin().Status(ctx); err != nil || st.Pending != 0 {
-		t.Fatalf("Status = %+v, %v; want nothing pending (the published rows are not pending)", st, err)
+	if st, err := a.Admin().Status(ctx); err != nil || st.Pending != 0 || st.OpenTransactions < 3 || st.ReadCursor != last.String() {
+		t.Fatalf("Status = %+v, %v; want nothing pending (the published rows are not pending), read up to %v past at least 3 open transactions", st, err, last)
 	}
 
 	// A new leader goes on from what was recorded.

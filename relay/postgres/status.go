@@ -26,7 +26,14 @@ type Status struct {
 	LeaseRemainingSeconds   float64   `json:"lease_remaining_seconds"` // until the lease lapses; negative once lapsed
 	Epoch                   int64     `json:"epoch"`                   // lease epoch (fencing token)
 	OldestXact              *Xact     `json:"oldest_transaction,omitempty"`
-	Slot                    *Slot     `json:"slot,omitempty"` // the logical source's
+	// ReadCursor and OpenTransactions: the poll source read past
+	// transactions still running (docs/design.md, "Reading without gaps"):
+	// every row up to ReadCursor is published except those
+	// OpenTransactions' rows, and Position waits at the oldest of them.
+	// Empty and 0 when none was running at the last position write.
+	ReadCursor       string `json:"read_cursor,omitempty"`
+	OpenTransactions int    `json:"open_transactions"`
+	Slot             *Slot  `json:"slot,omitempty"` // the logical source's
 	// PartitionCount is how many partitions share the table's work
 	// (RELAY_PARTITIONS); 1 when one replica publishes it all. With more,
 	// Position is the prefix every partition has published, Pending and
@@ -78,8 +85,10 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 	}
 	st := Status{Table: key, Position: "none", PartitionCount: 1}
 	var pos relay.Position
+	var cursor relay.Position
+	var ahead bool
 	err = a.pool.QueryRow(ctx, a.q.status, key).Scan(&pos.TxID, &pos.ID, &st.PositionUpdatedAt, &st.Epoch, &st.Leader, &st.LeaderState,
-		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds)
+		&st.LeaseRemainingSeconds, &st.Pending, &st.OldestPendingAgeSeconds, &ahead, &cursor.TxID, &cursor.ID, &st.OpenTransactions)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		// The relay never started on this table: everything is pending.
@@ -91,6 +100,11 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		return Status{}, fmt.Errorf("read position: %w", err)
 	default:
 		st.Position = pos.String()
+		if ahead {
+			st.ReadCursor = cursor.String()
+		} else {
+			st.OpenTransactions = 0
+		}
 		if err := a.partitionStatus(ctx, key, &st); err != nil {
 			return Status{}, err
 		}
