@@ -311,7 +311,9 @@ func (s *Store) readRecorded(ctx context.Context, safe relay.Position) (relay.Po
 	if err != nil {
 		return relay.Position{}, fmt.Errorf("read the read-ahead state: %w", err)
 	}
-	return readOf(recordedState(safe, cursorTxid, cursorID, open, ids)), nil
+	pos := readOf(recordedState(safe, cursorTxid, cursorID, open, ids))
+	s.settling.recorded(pos) // the recorded state, open transactions and all
+	return pos, nil
 }
 
 // settleEvery bounds how often an idle relay settles the recorded state.
@@ -328,15 +330,41 @@ type settling struct {
 	last time.Time      // of the last settle
 }
 
-// recorded notes that pos was recorded.
-func (t *settling) recorded(pos relay.Position) {
+// recorded notes what the last record left open: the reading state as
+// the position table holds it, or the zero Position for nothing.
+func (t *settling) recorded(open relay.Position) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.gen++
-	t.pos = relay.Position{}
-	if st, err := stateOf(pos); err == nil && len(st.open) > 0 {
-		t.pos = pos
+	t.pos = open
+}
+
+// recordOpen records st, whose transactions are open, dropping first
+// those that ended with every row read, and returns the state as
+// recorded (the zero Position if none was left open).
+func (s *Store) recordOpen(ctx context.Context, db execer, st readState) (relay.Position, error) {
+	_, _, open, ids := st.columns()
+	var left []string
+	var leftIDs []int64
+	err := db.QueryRow(ctx, s.q.recordAhead, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load(), open, ids).Scan(&left, &leftIDs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return relay.Position{}, relay.ErrLeaseLost // another replica took the lease (or the row was removed)
 	}
+	if err != nil {
+		return relay.Position{}, err
+	}
+	return st.left(left, leftIDs), nil
+}
+
+// left is st with only the open transactions left (as the position table
+// returns them), as a position for settling: the zero Position if none.
+func (st readState) left(open []string, ids []int64) relay.Position {
+	cursorTxid := strconv.FormatUint(st.cursor.TxID, 10)
+	now, ok := parseRecorded(&cursorTxid, &st.cursor.ID, open, ids)
+	if !ok {
+		return relay.Position{}
+	}
+	return readOf(now)
 }
 
 // settleIdle re-records the recorded state, if transactions are open in
@@ -368,15 +396,10 @@ func (s *Store) settleIdle(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("settle the recorded position: %w", err)
 	}
-	cursorTxid, cursorID := strconv.FormatUint(st.cursor.TxID, 10), st.cursor.ID
-	now, stillOpen := parseRecorded(&cursorTxid, &cursorID, left, leftIDs)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.gen == gen {
-		t.pos = relay.Position{}
-		if stillOpen {
-			t.pos = readOf(now)
-		}
+		t.pos = st.left(left, leftIDs)
 	}
 	return nil
 }

@@ -294,3 +294,84 @@ func TestReadStateNotes(t *testing.T) {
 		}
 	}
 }
+
+// TestIdleRelaySettles: an idle relay's recorded position moves past the
+// transactions it read past once they end, with no new row to record:
+// after a record that already dropped one of them, and after a new leader
+// took over the recorded state.
+func TestIdleRelaySettles(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	a := leader(t, b, "a")
+	xacts, xids := map[string]pgx.Tx{}, map[string]string{}
+	for _, name := range []string{"x", "y", "z"} {
+		tx, err := b.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		var xid string
+		if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+			t.Fatal(err)
+		}
+		xacts[name], xids[name] = tx, xid
+	}
+	if _, err := b.pool.Exec(ctx, insertSQL, "r", "r"); err != nil {
+		t.Fatal(err)
+	}
+	row := readN(t, a, relay.Position{}, 1)[0]
+	recordedOpen := func(name string) bool {
+		t.Helper()
+		var in bool
+		if err := b.pool.QueryRow(ctx, `SELECT coalesce($1::text::xid8 = ANY(read_open), false) FROM outbox_relay_position`,
+			xids[name]).Scan(&in); err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	// idle reads until cond holds, as an idle relay does.
+	idle := func(s *Store, what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if rows, err := s.Read(ctx, row.Position(), relay.Batch{Rows: 10}); err != nil || len(rows) != 0 {
+				t.Fatalf("idle read = %d rows, %v", len(rows), err)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("idle for 30 s, yet not %s", what)
+			}
+		}
+	}
+	if err := xacts["x"].Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Record(ctx, row.Position()); err != nil { // drops x
+		t.Fatal(err)
+	}
+	if recordedOpen("x") || !recordedOpen("y") || !recordedOpen("z") {
+		t.Fatalf("recorded open: x %v, y %v, z %v; want y and z only", recordedOpen("x"), recordedOpen("y"), recordedOpen("z"))
+	}
+	if err := xacts["y"].Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	idle(a, "past y", func() bool { return !recordedOpen("y") })
+	if !recordedOpen("z") {
+		t.Fatal("z, still running, was dropped")
+	}
+
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := replicaStore(t, b, "c")
+	if _, err := c.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := xacts["z"].Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := relay.Position{TxID: row.TxID, ID: row.ID}
+	idle(c, "at the row with nothing open", func() bool {
+		got, open := recordedPosition(t, b)
+		return !open && got == want
+	})
+}

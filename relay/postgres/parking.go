@@ -52,8 +52,10 @@ func (s *Store) Skipped(ctx context.Context, policy relay.DeadRows) (map[relay.A
 func (s *Store) RecordParked(ctx context.Context, pos relay.Position, park []relay.Parked, reported []int64) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
+	var open relay.Position
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.record(ctx, tx, pos); err != nil {
+		var err error
+		if open, err = s.record(ctx, tx, pos); err != nil {
 			return err
 		}
 		b := &pgx.Batch{}
@@ -67,7 +69,7 @@ func (s *Store) RecordParked(ctx context.Context, pos relay.Position, park []rel
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err == nil {
-		s.recorded(pos)
+		s.recorded(pos, open)
 	}
 	return err
 }

@@ -128,10 +128,12 @@ SELECT (SELECT txid FROM %[1]s WHERE outbox_table = $1 OR outbox_table = ANY($2)
 SELECT count(*) FROM %s WHERE outbox_table = $1 AND (dead OR dropped) AND (txid, id) > ($2::xid8, $3::bigint)`, t.sibling("outbox_relay_parked")),
 		change: fmt.Sprintf(`
 WITH gone AS (DELETE FROM %[1]s WHERE starts_with(outbox_table, $1 || '#'))
-UPDATE %[1]s SET txid = $2::xid8, id = $3, partitions = $4, epoch = $5, holder = NULL, lease_until = NULL, state = NULL, updated_at = now()
+UPDATE %[1]s SET txid = $2::xid8, id = $3, partitions = $4, epoch = $5, holder = NULL, lease_until = NULL, state = NULL, updated_at = now(),
+       read_txid = NULL, read_id = NULL, read_open = NULL, read_open_ids = NULL
  WHERE outbox_table = $1`, pos),
 		prefix: fmt.Sprintf(`
-UPDATE %[1]s t SET txid = m.txid, id = m.id, updated_at = now()
+UPDATE %[1]s t SET txid = m.txid, id = m.id, updated_at = now(),
+       read_txid = NULL, read_id = NULL, read_open = NULL, read_open_ids = NULL
   FROM (SELECT txid, id FROM %[1]s WHERE outbox_table = ANY($2) ORDER BY txid, id LIMIT 1) m
  WHERE t.outbox_table = $1 AND (t.txid, t.id) < (m.txid, m.id)`, pos),
 	}

@@ -46,7 +46,7 @@ type queries struct {
 	// (ahead.go): the cursor ($2, $3) and the open ones ($5 txids, $6
 	// ids). The open transactions that have ended with every row read are
 	// dropped first (one index probe each); the position is the oldest
-	// left, or the cursor.
+	// left, or the cursor. It returns the open transactions left.
 	recordAhead string
 	// settle is recordAhead over the recorded state itself (the same
 	// cursor and open transactions, guarded: a newer record wins), for an
@@ -182,9 +182,11 @@ SELECT k.aggregate_type, k.aggregate_id, k.id, e.event_id::text
  WHERE k.outbox_table = $1 AND NOT k.gap_reported AND NOT %[3]s
  ORDER BY k.txid, k.id`, parked, outbox, holdingAs("k", "$2")),
 	}
-	q.settle = q.recordAhead + `
-   AND read_txid = $2::xid8 AND read_id = $3 AND read_open = $5::text[]::xid8[] AND read_open_ids = $6
+	returning := `
 RETURNING coalesce(read_open::text[], '{}'), coalesce(read_open_ids, '{}')`
+	q.settle = q.recordAhead + `
+   AND read_txid = $2::xid8 AND read_id = $3 AND read_open = $5::text[]::xid8[] AND read_open_ids = $6` + returning
+	q.recordAhead += returning
 	if logical {
 		q.record, q.recordIdle = logicalRecord(pos), logicalRecord(pos)+" AND (p.lsn IS NULL OR p.lsn < x.lsn)"
 		q.acquire = strings.Replace(q.acquire, "RETURNING epoch, txid, id, 0::bigint",
@@ -200,13 +202,14 @@ SELECT %s AS k_lock, octet_length(o.payload) AS k_size,
        CASE WHEN o.txid >= (SELECT pg_snapshot_xmin(pg_current_snapshot())) THEN
             (SELECT string_agg(x::text, ',' ORDER BY x) FROM pg_snapshot_xip(pg_current_snapshot()) x
               WHERE x >= $1::xid8 AND x < o.txid) END AS k_running,
-       %%s AS k_still, %s
+       {still} AS k_still, %s
   FROM %s o
  WHERE (o.txid, o.id) > ($1::xid8, $2::bigint)
  ORDER BY o.txid, o.id
  LIMIT $3`, lockCol, readColumns, outbox)
+	// {still} is filled in last: the table's name may hold a %.
 	if !open {
-		return fmt.Sprintf(after, "NULL::text")
+		return strings.Replace(after, "{still}", "NULL::text", 1)
 	}
 	still := `(SELECT string_agg(t::text, ',' ORDER BY t) FROM unnest($5::text[]::xid8[]) t
          WHERE NOT pg_visible_in_snapshot(t, pg_current_snapshot()))`
@@ -221,7 +224,7 @@ SELECT * FROM (
     LIMIT $3)
   UNION ALL
   (%s)) r
- LIMIT $3`, lockCol, still, readColumns, outbox, fmt.Sprintf(after, still))
+ LIMIT $3`, lockCol, still, readColumns, outbox, strings.Replace(after, "{still}", still, 1))
 }
 
 // logicalRecord is the logical source's record in position table pos.

@@ -265,23 +265,27 @@ func (s *Store) collect(rows pgx.Rows, b relay.Batch, each func(*relay.Row) erro
 func (s *Store) Record(ctx context.Context, pos relay.Position) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	if err := s.record(ctx, s.pool, pos); err != nil {
+	open, err := s.record(ctx, s.pool, pos)
+	if err != nil {
 		return err
 	}
-	s.recorded(pos)
+	s.recorded(pos, open)
 	return nil
 }
 
 // execer runs a statement: the pool, or a transaction.
 type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // record writes pos under the lease's epoch: the poll source's (txid, id),
-// or the logical source's commit LSN and id.
-func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error {
+// or the logical source's commit LSN and id. When it leaves transactions
+// open beside the position (ahead.go), it returns the reading state as
+// recorded; otherwise the zero Position.
+func (s *Store) record(ctx context.Context, db execer, pos relay.Position) (relay.Position, error) {
 	if s.partitions > 1 {
-		return s.recordShare(ctx, db, pos)
+		return relay.Position{}, s.recordShare(ctx, db, pos)
 	}
 	var tag pgconn.CommandTag
 	var err error
@@ -289,26 +293,27 @@ func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error
 	case s.stream.Load() != nil:
 		tag, err = db.Exec(ctx, s.q.record, s.key, pos.LSN, pos.ID, s.epoch.Load())
 	case s.readsAhead() && pos.Ahead != "":
-		st, serr := stateOf(pos)
-		if serr != nil {
-			return serr
+		st, err := stateOf(pos)
+		if err != nil {
+			return relay.Position{}, err
 		}
-		if len(st.open) == 0 {
-			tag, err = db.Exec(ctx, s.q.record, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load())
-			break
+		if len(st.open) > 0 {
+			return s.recordOpen(ctx, db, st)
 		}
-		_, _, open, ids := st.columns()
-		tag, err = db.Exec(ctx, s.q.recordAhead, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load(), open, ids)
+		tag, err = db.Exec(ctx, s.q.record, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load())
+		if err != nil {
+			return relay.Position{}, err
+		}
 	default:
 		tag, err = db.Exec(ctx, s.q.record, s.key, pos.TxID, pos.ID, s.epoch.Load())
 	}
 	if err != nil {
-		return err
+		return relay.Position{}, err
 	}
 	if tag.RowsAffected() != 1 {
-		return relay.ErrLeaseLost // another replica took the lease (or the row was removed)
+		return relay.Position{}, relay.ErrLeaseLost // another replica took the lease (or the row was removed)
 	}
-	return nil
+	return relay.Position{}, nil
 }
 
 // readsAhead reports whether Read reads past running transactions
@@ -316,12 +321,12 @@ func (s *Store) record(ctx context.Context, db execer, pos relay.Position) error
 func (s *Store) readsAhead() bool { return s.source != SourceLogical && s.partitions <= 1 }
 
 // recorded tells the logical stream, if any, or the idle advance of a
-// partitioned table, or the settling of open transactions, that pos is
-// recorded.
-func (s *Store) recorded(pos relay.Position) {
+// partitioned table, that pos is recorded, and the settling of open
+// transactions what was left open (record's result).
+func (s *Store) recorded(pos, open relay.Position) {
 	s.idle.recorded(pos)
 	if s.readsAhead() {
-		s.settling.recorded(pos)
+		s.settling.recorded(open)
 	}
 	if st := s.stream.Load(); st != nil {
 		st.recordedAt(pos)
