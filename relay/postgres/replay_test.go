@@ -87,7 +87,7 @@ func TestReplaySelectsPublishedRowsInOrder(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !plan.Started || plan.Position != rows[6].Position() || plan.Pruned {
+			if !plan.Started || plan.Position != (relay.Position{TxID: rows[6].TxID, ID: rows[6].ID}) || plan.Pruned {
 				t.Fatalf("plan %+v, want started at %v, nothing pruned", plan, rows[6].Position())
 			}
 			if plan.Pending != c.pending || plan.Parked != c.parked || plan.Dead != c.dead {

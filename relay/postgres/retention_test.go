@@ -37,6 +37,7 @@ func TestPruneDeletesOnlyOldPublishedRows(t *testing.T) {
 	if err := a.RecordParked(ctx, published[len(published)-1].Position(), park, nil); err != nil {
 		t.Fatal(err)
 	}
+	recordSettled(t, b, a, published[len(published)-1].Position())
 	// Old rows committed after the position are pending: never deleted.
 	insertAged(t, b, "pending", 4, 2*time.Hour)
 	pending := readN(t, a, published[len(published)-1].Position(), 4)
