@@ -2,8 +2,10 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -374,4 +376,20 @@ func TestIdleRelaySettles(t *testing.T) {
 		got, open := recordedPosition(t, b)
 		return !open && got == want
 	})
+}
+
+// TestReadAheadNeedsTheColumns: a position table made before the
+// read-ahead columns stops the poll source with the command that adds
+// them.
+func TestReadAheadNeedsTheColumns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if _, err := b.pool.Exec(context.Background(), `ALTER TABLE outbox_relay_position
+  DROP COLUMN read_txid, DROP COLUMN read_id, DROP COLUMN read_open, DROP COLUMN read_open_ids`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.store.Start(context.Background())
+	if !errors.Is(err, relay.ErrNotSetUp) || !strings.Contains(err.Error(), "run outbox-relay migrate") {
+		t.Fatalf("Start = %v, want ErrNotSetUp naming outbox-relay migrate", err)
+	}
 }
