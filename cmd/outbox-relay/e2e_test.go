@@ -691,3 +691,23 @@ func startupApp(c net.Conn) (string, bool) {
 		return "", true
 	}
 }
+
+// settledPosition waits until no running transaction is recorded beside
+// the table's position. The poll source reads past running transactions,
+// but the position, below which replay and retention take rows as
+// published, waits at the oldest of them, and tests beside this one run
+// transactions on the same server (one holds a transaction open for the
+// length of its test).
+func settledPosition(t *testing.T, env []string) {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		code, out := runCmd(t, env, "status", "--json")
+		var st postgres.Status
+		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && st.OpenTransactions == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status --json: exit %d, %s; want no running transaction beside the position within 3 minutes", code, out)
+		}
+	}
+}

@@ -42,7 +42,12 @@ func watchPublishers(addrs map[string]string, every time.Duration) *publishWatch
 				}
 				w.mu.Lock()
 				if w.thawing[name] && metric(addr, "outbox_relay_leader") == 0 {
+					// It stood down: what it counted up to now was
+					// recorded before the freeze.
 					delete(w.thawing, name)
+					w.last[name] = v
+					w.mu.Unlock()
+					continue
 				}
 				if prev, ok := w.last[name]; ok && v > prev && !w.thawing[name] {
 					moved = append(moved, name)

@@ -92,6 +92,7 @@ RETURNING id, event_id::text`, agg, exchange, age.Milliseconds()).Scan(&r.id, &r
 	addr := freeAddr(t)
 	p := start(t, append(env, "RELAY_MAX_ATTEMPTS=1", "RELAY_RETENTION=1h", "RELAY_POLL_INTERVAL=20ms", "RELAY_HTTP_ADDR="+addr))
 	take(t, ch, queue, 8)
+	settledPosition(t, env)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		var left, dead int
 		if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM outbox WHERE id = ANY($1)),

@@ -90,6 +90,7 @@ VALUES ($1, $1, $1, NULL, 'events', '{}'), ($1, $1, $1, 'amq.direct', $1, '{}')`
 			t.Fatalf("dead list --json: exit %d, %s; want 1 dead row", code, out)
 		}
 	}
+	settledPosition(t, env) // replay lists only rows below it
 	escaped := termField(attack)
 	for _, args := range [][]string{{"dead", "list"}, {"dead", "retry", "--dry-run", "--all"}, {"replay", "--all", "--dry-run"}} {
 		code, out := runCmd(t, env, args...)
