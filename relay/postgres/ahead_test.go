@@ -243,17 +243,7 @@ func TestReadAheadAcrossLeaders(t *testing.T) {
 			return
 		}
 	}
-	n := 0
-	committed.Range(func(k, _ any) bool {
-		n++
-		if seen[k.(string)] != 1 {
-			t.Errorf("committed row %s read %d times", k, seen[k.(string)])
-		}
-		return true
-	})
-	if len(seen) != n {
-		t.Errorf("read %d distinct rows, committed %d (rolled-back rows read?)", len(seen), n)
-	}
+	readOnce(t, &committed, seen)
 }
 
 var errRollback = fmt.Errorf("roll back")

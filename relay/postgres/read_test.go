@@ -193,6 +193,13 @@ func TestReadUnderConcurrentWriters(t *testing.T) {
 			break
 		}
 	}
+	readOnce(t, &committed, seen)
+}
+
+// readOnce checks that every committed row (its key in committed) was
+// read exactly once (seen counts reads by key), and nothing else was.
+func readOnce(t *testing.T, committed *sync.Map, seen map[string]int) {
+	t.Helper()
 	n := 0
 	committed.Range(func(k, _ any) bool {
 		n++
