@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -66,12 +67,21 @@ func stateOf(pos relay.Position) (readState, error) {
 	}
 	for _, s := range f[1:] {
 		p, err := parsePair(s, ":")
-		if err != nil || p.TxID >= st.cursor.TxID || len(st.open) > 0 && p.TxID <= st.open[len(st.open)-1].txid {
+		if err != nil || !st.push(p.TxID, p.ID) {
 			return bad()
 		}
-		st.open = append(st.open, openXact{p.TxID, p.ID})
 	}
 	return st, nil
+}
+
+// push appends an open transaction, if it keeps open ascending and below
+// the cursor.
+func (st *readState) push(txid uint64, id int64) bool {
+	if txid >= st.cursor.TxID || len(st.open) > 0 && txid <= st.open[len(st.open)-1].txid {
+		return false
+	}
+	st.open = append(st.open, openXact{txid, id})
+	return true
 }
 
 func parsePair(s, sep string) (relay.Position, error) {
@@ -114,18 +124,14 @@ func readOf(st readState) relay.Position {
 	return pos
 }
 
-// columns returns what the position table records of st beside safe: the
-// cursor and the open transactions, or NULLs when nothing is open.
-func (st readState) columns() (cursorTxid *string, cursorID *int64, open []string, openIDs []int64) {
-	if len(st.open) == 0 {
-		return nil, nil, nil, nil
-	}
+// openColumns returns the open transactions as the queries take them:
+// their ids as text, and how far each is read.
+func (st readState) openColumns() (open []string, openIDs []int64) {
 	open, openIDs = make([]string, len(st.open)), make([]int64, len(st.open))
 	for i, x := range st.open {
 		open[i], openIDs[i] = strconv.FormatUint(x.txid, 10), x.id
 	}
-	txid, id := strconv.FormatUint(st.cursor.TxID, 10), st.cursor.ID
-	return &txid, &id, open, openIDs
+	return open, openIDs
 }
 
 // recordedState rebuilds the state recorded in the position table: safe
@@ -133,29 +139,30 @@ func (st readState) columns() (cursorTxid *string, cursorID *int64, open []strin
 // lead to safe (the position was changed by hand, as after a restore) is
 // ignored: reading goes on from safe alone.
 func recordedState(safe relay.Position, cursorTxid *string, cursorID *int64, open []string, openIDs []int64) readState {
-	if st, ok := parseRecorded(cursorTxid, cursorID, open, openIDs); ok && st.safe() == safe {
-		return st
+	if cursorTxid != nil && cursorID != nil {
+		if txid, err := strconv.ParseUint(*cursorTxid, 10, 64); err == nil {
+			st, ok := withOpen(relay.Position{TxID: txid, ID: *cursorID}, open, openIDs)
+			if ok && st.safe() == safe {
+				return st
+			}
+		}
 	}
 	return readState{cursor: safe}
 }
 
-// parseRecorded parses the cursor and open transactions as the position
-// table holds them; ok is false if there are none or they do not parse.
-func parseRecorded(cursorTxid *string, cursorID *int64, open []string, openIDs []int64) (st readState, ok bool) {
-	if cursorTxid == nil || cursorID == nil || len(open) == 0 || len(open) != len(openIDs) {
+// withOpen is the state of cursor with the open transactions as the
+// position table holds them; ok is false if there are none or they do not
+// parse.
+func withOpen(cursor relay.Position, open []string, openIDs []int64) (st readState, ok bool) {
+	st.cursor = cursor
+	if len(open) == 0 || len(open) != len(openIDs) {
 		return readState{}, false
 	}
-	txid, err := strconv.ParseUint(*cursorTxid, 10, 64)
-	if err != nil {
-		return readState{}, false
-	}
-	st.cursor = relay.Position{TxID: txid, ID: *cursorID}
 	for i, s := range open {
 		txid, err := strconv.ParseUint(s, 10, 64)
-		if err != nil || txid >= st.cursor.TxID || len(st.open) > 0 && txid <= st.open[len(st.open)-1].txid {
+		if err != nil || !st.push(txid, openIDs[i]) {
 			return readState{}, false
 		}
-		st.open = append(st.open, openXact{txid, openIDs[i]})
 	}
 	return st, true
 }
@@ -166,7 +173,7 @@ func parseRecorded(cursorTxid *string, cursorID *int64, open []string, openIDs [
 // ascending ids at or after the old cursor's) become open.
 func (st *readState) readRow(r *relay.Row, running []uint64) error {
 	if r.TxID < st.cursor.TxID {
-		i, ok := slices.BinarySearchFunc(st.open, r.TxID, func(x openXact, t uint64) int { return cmpUint(x.txid, t) })
+		i, ok := slices.BinarySearchFunc(st.open, r.TxID, func(x openXact, t uint64) int { return cmp.Compare(x.txid, t) })
 		if !ok || r.ID <= st.open[i].id {
 			return fmt.Errorf("read row %d/%d, which is neither after the cursor %s nor of an open transaction", r.TxID, r.ID, st.cursor)
 		}
@@ -193,23 +200,18 @@ func (st *readState) readRow(r *relay.Row, running []uint64) error {
 	return nil
 }
 
-// settle drops the open transactions that have ended (not in running):
-// every row they committed was read by then.
-func (st *readState) settle(running []uint64) {
-	st.open = slices.DeleteFunc(st.open, func(x openXact) bool {
-		_, still := slices.BinarySearch(running, x.txid)
-		return !still
-	})
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
+// settle drops the open transactions that have ended, those not in still
+// (the read's k_still): every row they committed was read by then.
+func (st *readState) settle(still *string) error {
+	running, err := parseXids(still)
+	if err != nil {
+		return err
 	}
-	return 0
+	st.open = slices.DeleteFunc(st.open, func(x openXact) bool {
+		_, ok := slices.BinarySearch(running, x.txid)
+		return !ok
+	})
+	return nil
 }
 
 // parseXids parses a comma-separated list of transaction ids into
@@ -239,7 +241,7 @@ func (s *Store) readAhead(ctx context.Context, after relay.Position, b relay.Bat
 	}
 	query, args := s.q.readAhead, []any{st.cursor.TxID, st.cursor.ID, b.Rows, b.MaxPayload}
 	if len(st.open) > 0 {
-		_, _, open, ids := st.columns()
+		open, ids := st.openColumns()
 		query, args = s.q.readAheadOpen, append(args, open, ids)
 	}
 	rows, err := s.pool.Query(ctx, query, args...)
@@ -253,7 +255,7 @@ func (s *Store) readAhead(ctx context.Context, after relay.Position, b relay.Bat
 		if !settled && r.TxID >= st.cursor.TxID {
 			// Past the open transactions' rows: every one that ended
 			// has had all its rows read.
-			if err := s.settle(&st, still); err != nil {
+			if err := st.settle(still); err != nil {
 				return err
 			}
 			settled = true
@@ -274,25 +276,15 @@ func (s *Store) readAhead(ctx context.Context, after relay.Position, b relay.Bat
 	if len(out) == 0 {
 		return nil, s.settleIdle(ctx)
 	}
-	if n := len(out); n > 0 && !settled && !cut && n < b.Rows {
+	if n := len(out); !settled && !cut && n < b.Rows {
 		// Only open transactions' rows, and all of them: the last row's
 		// note can drop those that ended.
-		if err := s.settle(&st, still); err != nil {
+		if err := st.settle(still); err != nil {
 			return nil, err
 		}
 		out[n-1].Ahead = st.note(out[n-1].Position())
 	}
 	return out, nil
-}
-
-// settle drops from st the open transactions not in still.
-func (s *Store) settle(st *readState, still *string) error {
-	xids, err := parseXids(still)
-	if err != nil {
-		return err
-	}
-	st.settle(xids)
-	return nil
 }
 
 // readRecorded returns the position Acquire hands the core: the recorded
@@ -343,28 +335,29 @@ func (t *settling) recorded(open relay.Position) {
 // those that ended with every row read, and returns the state as
 // recorded (the zero Position if none was left open).
 func (s *Store) recordOpen(ctx context.Context, db execer, st readState) (relay.Position, error) {
-	_, _, open, ids := st.columns()
-	var left []string
-	var leftIDs []int64
-	err := db.QueryRow(ctx, s.q.recordAhead, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load(), open, ids).Scan(&left, &leftIDs)
+	left, err := s.writeOpen(ctx, db, s.q.recordAhead, st)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return relay.Position{}, relay.ErrLeaseLost // another replica took the lease (or the row was removed)
 	}
-	if err != nil {
-		return relay.Position{}, err
-	}
-	return st.left(left, leftIDs), nil
+	return left, err
 }
 
-// left is st with only the open transactions left (as the position table
-// returns them), as a position for settling: the zero Position if none.
-func (st readState) left(open []string, ids []int64) relay.Position {
-	cursorTxid := strconv.FormatUint(st.cursor.TxID, 10)
-	now, ok := parseRecorded(&cursorTxid, &st.cursor.ID, open, ids)
-	if !ok {
-		return relay.Position{}
+// writeOpen runs query (recordAhead or settle) for st and returns the
+// state as the position table holds it after, as a position for settling:
+// the zero Position if nothing was left open. pgx.ErrNoRows means no row
+// was written.
+func (s *Store) writeOpen(ctx context.Context, db execer, query string, st readState) (relay.Position, error) {
+	open, ids := st.openColumns()
+	var left []string
+	var leftIDs []int64
+	if err := db.QueryRow(ctx, query, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load(), open, ids).Scan(&left, &leftIDs); err != nil {
+		return relay.Position{}, err
 	}
-	return readOf(now)
+	now, ok := withOpen(st.cursor, left, leftIDs)
+	if !ok {
+		return relay.Position{}, nil
+	}
+	return readOf(now), nil
 }
 
 // settleIdle re-records the recorded state, if transactions are open in
@@ -386,10 +379,7 @@ func (s *Store) settleIdle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, _, open, ids := st.columns()
-	var left []string
-	var leftIDs []int64
-	err = s.pool.QueryRow(ctx, s.q.settle, s.key, st.cursor.TxID, st.cursor.ID, s.epoch.Load(), open, ids).Scan(&left, &leftIDs)
+	left, err := s.writeOpen(ctx, s.pool, s.q.settle, st)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil // recorded anew meanwhile, or no longer ours
 	}
@@ -399,7 +389,7 @@ func (s *Store) settleIdle(ctx context.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.gen == gen {
-		t.pos = st.left(left, leftIDs)
+		t.pos = left
 	}
 	return nil
 }
