@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -163,41 +162,7 @@ func TestReadAheadAcrossLeaders(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	var committed sync.Map
-	var wg sync.WaitGroup
-	for w := range 16 {
-		wg.Go(func() {
-			for i := range 30 {
-				key := fmt.Sprintf("w%d-%d", w, i)
-				err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-					if rand.N(3) == 0 { // an id taken before the row is written
-						if _, err := tx.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
-							return err
-						}
-						time.Sleep(time.Duration(rand.N(2000)) * time.Microsecond)
-					}
-					if _, err := tx.Exec(ctx, insertSQL, key, key); err != nil {
-						return err
-					}
-					time.Sleep(time.Duration(rand.N(3000)) * time.Microsecond)
-					if rand.N(4) == 0 {
-						return errRollback
-					}
-					return nil
-				})
-				switch {
-				case err == errRollback:
-				case err != nil:
-					t.Error(err)
-					return
-				default:
-					committed.Store(key, true)
-				}
-			}
-		})
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	committed, done := writeAtRandom(t, b, 16, 30, true)
 
 	names := []string{"a", "b"}
 	stores := []*Store{replicaStore(t, b, "a"), replicaStore(t, b, "b")}
@@ -227,7 +192,7 @@ func TestReadAheadAcrossLeaders(t *testing.T) {
 			if err := stores[cur].Record(ctx, pos); err != nil {
 				t.Fatal(err)
 			}
-		} else if finished && len(seen) >= count(&committed) {
+		} else if finished && len(seen) >= count(committed) {
 			break
 		}
 		if reads%25 == 24 {
@@ -243,10 +208,8 @@ func TestReadAheadAcrossLeaders(t *testing.T) {
 			return
 		}
 	}
-	readOnce(t, &committed, seen)
+	readOnce(t, committed, seen)
 }
-
-var errRollback = fmt.Errorf("roll back")
 
 // TestReadStateNotes: a reading state survives its note and the position
 // table's columns; a recorded state that no longer leads to the position
@@ -264,12 +227,13 @@ func TestReadStateNotes(t *testing.T) {
 	if n := (readState{cursor: at}).note(at); n != "" {
 		t.Fatalf("a state that is its position alone has note %q", n)
 	}
-	txid, id, open, ids := st.columns()
-	if back := recordedState(st.safe(), txid, id, open, ids); fmt.Sprint(back) != fmt.Sprint(st) {
+	txid, id := "900", int64(42)
+	open, ids := st.openColumns()
+	if back := recordedState(st.safe(), &txid, &id, open, ids); fmt.Sprint(back) != fmt.Sprint(st) {
 		t.Fatalf("recordedState = %v, want %v", back, st)
 	}
 	moved := relay.Position{TxID: 650, ID: 3}
-	if back := recordedState(moved, txid, id, open, ids); fmt.Sprint(back) != fmt.Sprint(readState{cursor: moved}) {
+	if back := recordedState(moved, &txid, &id, open, ids); fmt.Sprint(back) != fmt.Sprint(readState{cursor: moved}) {
 		t.Fatalf("recordedState after a change by hand = %v, want the position alone", back)
 	}
 	for _, bad := range []string{"x", "900/42 950:0", "900/42 800:0 700:0", "900/42 700"} {

@@ -8,8 +8,30 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/outboxrelay/outboxrelay/relay"
 )
+
+// holdUp begins a transaction that writes a row ("long") and stays open,
+// and commits a row after it ("waiting"). The transaction is rolled back
+// at cleanup unless the test ends it.
+func holdUp(t *testing.T, b bundle) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	long, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = long.Rollback(context.Background()) })
+	if _, err := long.Exec(ctx, insertSQL, "long", "long"); err != nil { // takes a transaction id
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, insertSQL, "waiting", "waiting"); err != nil {
+		t.Fatal(err)
+	}
+	return long
+}
 
 // TestHoldUpWatcherLogsALongTransaction: in a table whose replicas share
 // the work (RELAY_PARTITIONS), an open transaction holds a committed row
@@ -20,17 +42,7 @@ func TestHoldUpWatcherLogsALongTransaction(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := sharer(t, b, "a", 2)
-	long, err := b.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer long.Rollback(ctx)
-	if _, err := long.Exec(ctx, insertSQL, "long", "long"); err != nil { // takes a transaction id
-		t.Fatal(err)
-	}
-	if _, err := b.pool.Exec(ctx, insertSQL, "waiting", "waiting"); err != nil {
-		t.Fatal(err)
-	}
+	long := holdUp(t, b)
 
 	var logs syncBuffer
 	var wg sync.WaitGroup
@@ -67,17 +79,7 @@ func TestNoHoldUpInAnUnpartitionedTable(t *testing.T) {
 	t.Parallel()
 	b, _ := started(t)
 	ctx := context.Background()
-	long, err := b.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer long.Rollback(ctx)
-	if _, err := long.Exec(ctx, insertSQL, "long", "long"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.pool.Exec(ctx, insertSQL, "waiting", "waiting"); err != nil {
-		t.Fatal(err)
-	}
+	holdUp(t, b)
 	if x, err := b.store.Admin().HeldBack(ctx); x != nil || err != nil {
 		t.Fatalf("HeldBack = %+v, %v; want nothing held back", x, err)
 	}
@@ -93,17 +95,7 @@ func TestHoldUpWatcherWarnsOnceAfterTheThreshold(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	s := sharer(t, b, "a", 2)
-	long, err := b.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer long.Rollback(ctx)
-	if _, err := long.Exec(ctx, insertSQL, "long", "long"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.pool.Exec(ctx, insertSQL, "waiting", "waiting"); err != nil {
-		t.Fatal(err)
-	}
+	holdUp(t, b)
 
 	var logs syncBuffer
 	w, err := NewHoldUpWatcher(s.Admin(), HoldUpWatcherConfig{Threshold: time.Minute, Logger: slog.New(slog.NewTextHandler(&logs, nil))})

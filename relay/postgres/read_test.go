@@ -2,12 +2,15 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/outboxrelay/outboxrelay/relay"
 )
@@ -131,36 +134,7 @@ func TestReadUnderConcurrentWriters(t *testing.T) {
 	b, pos := started(t)
 	ctx := context.Background()
 
-	var committed sync.Map
-	var wg sync.WaitGroup
-	for w := range 32 {
-		wg.Go(func() {
-			for i := range 20 {
-				key := fmt.Sprintf("w%d-%d", w, i)
-				tx, err := b.pool.Begin(ctx)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if _, err := tx.Exec(ctx, insertSQL, key, key); err != nil {
-					t.Error(err)
-					return
-				}
-				time.Sleep(time.Duration(rand.N(3000)) * time.Microsecond)
-				if rand.N(4) == 0 {
-					_ = tx.Rollback(ctx)
-					continue
-				}
-				if err := tx.Commit(ctx); err != nil {
-					t.Error(err)
-					return
-				}
-				committed.Store(key, true)
-			}
-		})
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	committed, done := writeAtRandom(t, b, 32, 20, false)
 
 	seen := map[string]int{}
 	firstRead := map[string]string{} // key -> the read that returned it first
@@ -189,12 +163,60 @@ func TestReadUnderConcurrentWriters(t *testing.T) {
 		}
 		if len(rows) > 0 {
 			pos = rows[len(rows)-1].Position()
-		} else if finished && len(seen) >= count(&committed) {
+		} else if finished && len(seen) >= count(committed) {
 			break
 		}
 	}
-	readOnce(t, &committed, seen)
+	readOnce(t, committed, seen)
 }
+
+// writeAtRandom starts writers that each commit rows rows, one per
+// transaction, after a random delay of up to 3 ms, a quarter of them rolled
+// back; with early, a third take their transaction id up to 2 ms before
+// writing their row. It returns the committed rows' keys and a channel
+// closed once every writer is done.
+func writeAtRandom(t *testing.T, b bundle, writers, rows int, early bool) (*sync.Map, <-chan struct{}) {
+	t.Helper()
+	ctx := context.Background()
+	committed := &sync.Map{}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range rows {
+				key := fmt.Sprintf("w%d-%d", w, i)
+				err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+					if early && rand.N(3) == 0 {
+						if _, err := tx.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+							return err
+						}
+						time.Sleep(time.Duration(rand.N(2000)) * time.Microsecond)
+					}
+					if _, err := tx.Exec(ctx, insertSQL, key, key); err != nil {
+						return err
+					}
+					time.Sleep(time.Duration(rand.N(3000)) * time.Microsecond)
+					if rand.N(4) == 0 {
+						return errRollback
+					}
+					return nil
+				})
+				switch {
+				case errors.Is(err, errRollback):
+				case err != nil:
+					t.Error(err)
+					return
+				default:
+					committed.Store(key, true)
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	return committed, done
+}
+
+var errRollback = errors.New("roll back")
 
 // readOnce checks that every committed row (its key in committed) was
 // read exactly once (seen counts reads by key), and nothing else was.
